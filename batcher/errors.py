@@ -1,0 +1,65 @@
+"""The one exception tree of batcher.
+
+```
+BatcherError                 anything batcher raises on purpose
+├── UsageError               bad options or settings, found before anything is sent (exit 2)
+├── InputError               a bad input file, row or template (exit 2); names file and line
+└── AttemptError             one HTTP attempt failed; carries error_type and http_status
+    ├── RetryableError       worth another attempt: 408/409/429/5xx/529, drops, timeouts,
+    │                        truncated or unparseable bodies; may carry the server's wait
+    └── FatalError           never retried: 400/401/403/404/413/422, exhausted quota
+```
+
+A failed row is data, not an exception: the engine turns an `AttemptError` into a `Result`
+with `status="error"`. Messages never contain request headers, so never a key.
+"""
+
+from __future__ import annotations
+
+
+class BatcherError(Exception):
+    """Base class of every error batcher raises on purpose."""
+
+
+class UsageError(BatcherError):
+    """Options or settings that cannot work; reported before anything is sent."""
+
+
+class InputError(BatcherError):
+    """A bad input file, row or template; the message names the file and the line or row."""
+
+
+class AttemptError(BatcherError):
+    """One HTTP attempt that did not give a usable reply."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        job_fatal: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+        # True when every other request will fail the same way (bad key, no quota).
+        self.job_fatal = job_fatal
+
+    def __repr__(self) -> str:  # never the request, never headers
+        return f"{type(self).__name__}({self.error_type!r}, {self.message!r})"
+
+
+class RetryableError(AttemptError):
+    """Another attempt may succeed (after `retry_after` seconds when the server said so)."""
+
+    retryable = True
+
+
+class FatalError(AttemptError):
+    """Another attempt would fail the same way."""
