@@ -42,14 +42,17 @@ class AttemptError(BatcherError):
         http_status: int | None = None,
         retry_after: float | None = None,
         job_fatal: bool = False,
+        concurrency: bool = False,
     ) -> None:
         super().__init__(message)
-        self.error_type = error_type
+        self.error_type = str(getattr(error_type, "value", error_type))  # plain str, enum or not
         self.message = message
         self.http_status = http_status
         self.retry_after = retry_after
         # True when every other request will fail the same way (bad key, no quota).
         self.job_fatal = job_fatal
+        # True for a 429 about too many requests in flight: the cure is fewer, not slower.
+        self.concurrency = concurrency
 
     def __repr__(self) -> str:  # never the request, never headers
         return f"{type(self).__name__}({self.error_type!r}, {self.message!r})"

@@ -1,0 +1,323 @@
+"""The `batcher` command: parse options into a spec, call the library, print, exit.
+
+Exit codes: 0 every row ok; 1 some rows ended in error or the job stopped early (the output
+is still written); 2 usage or input errors, found before anything was sent; 130 / 143 after
+Ctrl-C / SIGTERM (finished results stay durable; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batcher import __version__
+from batcher.errors import BatcherError
+
+GRACE_SECONDS = 5.0  # after Ctrl-C, how long requests in flight may finish
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class CliError(click.ClickException):
+    """A one-line error and exit code 2: nothing was sent."""
+
+    exit_code = 2
+
+
+def parse_param(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"expected KEY=JSON, got {value!r}", param_hint="--param")
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        parsed = raw  # a bare word such as verbosity=low
+    return key.strip(), parsed
+
+
+def read_text_option(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not readable as UTF-8 text"
+        raise CliError(f"{what} {path}: {reason}") from None
+
+
+def keep_columns(value: str) -> str | tuple[str, ...]:
+    if value in ("all", "none"):
+        return value
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="batcher")
+def main() -> None:
+    """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
+
+
+@main.command(context_settings={"auto_envvar_prefix": "BATCHER"})
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file.")
+@click.option("-m", "--model", "models", multiple=True, help="Model; repeat for several.")
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--max-tokens", type=int, help="Completion token bound per request.")
+@click.option("--seed", type=int)
+@click.option("--stop", multiple=True, help="Stop sequence; repeatable.")
+@click.option("--json", "json_mode", is_flag=True, help="response_format json_object.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=JSON",
+    help='Any other body key, e.g. top_k=40 or \'reasoning={"effort":"low"}\'.',
+)
+@click.option("--system", help="System message (a template over the row's columns).")
+@click.option("--system-file", type=click.Path(dir_okay=False), help="System message file.")
+@click.option("--template", help='User message template, e.g. "Classify: {text}".')
+@click.option("--template-file", type=click.Path(dir_okay=False), help="Template file.")
+@click.option("--prompt-column", default="prompt", show_default=True)
+@click.option("--messages-column", default="messages", show_default=True)
+@click.option("--id-column", help="Row id column [default: id, else custom_id, else row number]")
+@click.option(
+    "--keep-columns",
+    default="all",
+    show_default=True,
+    help="Input columns to keep: all, none or a,b,c.",
+)
+@click.option(
+    "--on-bad-row",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="skip: record bad rows as errors and send the rest.",
+)
+@click.option("--limit", type=int, help="Only the first N rows.")
+@click.option(
+    "--provider",
+    type=click.Choice(["octen", "octopusx", "openai", "mock", "custom"]),
+    help="Preset [default: mock, or custom with --base-url].",
+)
+@click.option("--base-url", help="Any OpenAI-compatible API, e.g. http://localhost:8000/v1.")
+@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the key.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False), help="File holding the key.")
+@click.option("--auth-header", type=click.Choice(["bearer", "x-api-key"]))
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Requests in flight at most.",
+)
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="Seconds per attempt."
+)
+@click.option("--max-retries", type=int, default=6, show_default=True)
+@click.option("--rpm", type=float, help="Requests per minute at most.")
+@click.option("--tpm", type=float, help="Tokens per minute at most.")
+@click.option(
+    "--flush-rows",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Make results durable at least every N results...",
+)
+@click.option(
+    "--flush-seconds", type=float, default=5.0, show_default=True, help="...or every S seconds."
+)
+@click.option("--keep-job-dir", is_flag=True, help="Keep OUT.batcher/ after success.")
+@click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
+def run(**opts: Any) -> None:
+    """Send every row of INPUT (.jsonl, .parquet or .csv) to the API; write OUT.parquet."""
+    setup_logging(opts.pop("verbose"))
+    quiet = opts.pop("quiet")
+    options = run_options(opts)
+    from batcher.job import Job
+    from batcher.spec import make_spec
+
+    try:
+        spec = make_spec(**options)
+        job = Job(spec)
+        if spec.dry_run:
+            print_dry_run(asyncio.run(job.dry_run()))
+            return
+        code = execute(job, quiet)
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    sys.exit(code)
+
+
+def run_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Click's values as `make_spec` keywords."""
+    opts["params"] = dict(parse_param(p) for p in opts["params"])
+    opts["json"] = opts.pop("json_mode")
+    system_file = read_text_option(opts.pop("system_file"), "--system-file")
+    template_file = read_text_option(opts.pop("template_file"), "--template-file")
+    if opts["system"] is not None and system_file is not None:
+        raise CliError("give --system or --system-file, not both")
+    if opts["template"] is not None and template_file is not None:
+        raise CliError("give --template or --template-file, not both")
+    opts["system"] = opts["system"] if opts["system"] is not None else system_file
+    opts["template"] = opts["template"] if opts["template"] is not None else template_file
+    opts["keep_columns"] = keep_columns(opts["keep_columns"])
+    return opts
+
+
+def execute(job: Any, quiet: bool) -> int:
+    """Run the job with a progress bar and signal handling; return the exit code."""
+    from batcher.summary import render
+
+    bar = None if quiet or not sys.stderr.isatty() else ProgressBar()
+    job.progress = bar.update if bar else None
+    received: list[signal.Signals] = []
+    try:
+        summary = asyncio.run(run_with_signals(job, received))
+    except asyncio.CancelledError:
+        summary = None
+    finally:
+        if bar:
+            bar.close()
+    if received:
+        where = job_dir_hint(job)
+        click.echo(
+            f"interrupted: finished results are saved in {where}; "
+            "run the same command again to resume",
+            err=True,
+        )
+        return EXIT_SIGNAL.get(received[0], 130)
+    assert summary is not None
+    if not quiet:
+        for line in render(summary):
+            click.echo(line, err=True)
+    click.echo(str(summary.output))
+    return summary.exit_code
+
+
+def job_dir_hint(job: Any) -> str:
+    from batcher.job import job_dir_for
+
+    return str(job_dir_for(job.spec.output))
+
+
+async def run_with_signals(job: Any, received: list[signal.Signals]) -> Any:
+    """First Ctrl-C/SIGTERM: stop sending, let in-flight requests finish for a few seconds.
+    A second Ctrl-C: stop at once. Either way, what was durable stays durable."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:
+            task.cancel()
+            return
+        received.append(sig)
+        job.interrupt("interrupted by " + sig.name)
+        loop.call_later(GRACE_SECONDS, task.cancel)
+
+    for sig in EXIT_SIGNAL:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await job.run()
+    finally:
+        for sig in EXIT_SIGNAL:
+            loop.remove_signal_handler(sig)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed with `Progress` values."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=None, unit="req", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, p: Any) -> None:
+        self._bar.total = p.total
+        self._bar.n = p.done
+        self._bar.set_postfix(
+            ok=p.ok, err=p.errors, tok=p.prompt_tokens + p.completion_tokens, refresh=False
+        )
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def print_dry_run(dry: Any) -> None:
+    click.echo(f"{dry.requests} requests from {dry.rows} rows to {dry.url}")
+    click.echo("headers: " + json.dumps(dry.headers))
+    for body in dry.bodies:
+        click.echo(json.dumps(body, ensure_ascii=False))
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("batcher")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+@main.command("mock-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per reply.")
+@click.option(
+    "--jitter", type=float, default=0.0, show_default=True, help="Extra random 0..S seconds."
+)
+@click.option(
+    "--fail-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of attempts failing with an injected fault.",
+)
+@click.option(
+    "--faults",
+    default="429,500,502,503,drop",
+    show_default=True,
+    help="Fault kinds drawn by --fail-rate.",
+)
+@click.option("--rpm", type=int, help="Answer 429 beyond N requests a minute.")
+@click.option("--max-concurrency", type=int, help="Answer 429 beyond N requests in progress.")
+@click.option("--api-key-env", metavar="NAME", help="Require the key held in $NAME.")
+@click.option(
+    "--error-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
+)
+@click.option(
+    "--usage-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
+)
+@click.option("--ratelimit-headers", is_flag=True, help="Send x-ratelimit-* headers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per request received.",
+)
+def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **opts: Any) -> None:
+    """Run the built-in OpenAI-compatible mock API (no key, no network)."""
+    import os
+
+    from batcher.mockserver import MockConfig, serve
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise CliError(f"--api-key-env: ${api_key_env} is not set")
+    kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
+    config = MockConfig(api_key=api_key, faults=kinds, **opts)
+    serve(config, host, port, ready=lambda url: click.echo(f"Mock API listening on {url}"))

@@ -1,0 +1,291 @@
+"""The async request engine: requests in, results out, bounded and cancellable.
+
+`Engine.run` is a library function over an iterator (or async iterator) of `Request`s that
+yields a `Result` per request sent, in completion order. It knows nothing of files, click or
+progress bars, so the same function can run over a Ray Data partition.
+
+Shape: one producer pulls requests into a small bounded queue; a fixed pool of workers takes
+them one at a time; each attempt waits for the rate limiter and then for a concurrency slot,
+so a request waiting to retry never holds a slot. One aiohttp session serves all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from batcher.client import Attempt, Client
+from batcher.errors import AttemptError
+from batcher.limits import ConcurrencyLimit, RateLimiter
+from batcher.providers import Endpoint
+from batcher.retry import RetryPolicy, with_retries
+from batcher.types import ErrorType, Request, Result, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    concurrency: int = 32
+    timeout: float = 120.0  # per attempt, connecting to last byte
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rpm: float | None = None  # for the whole endpoint
+    tpm: float | None = None
+    model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
+    stop_after_fatal: int = 20  # job-fatal errors in a row (bad key, no quota) that stop the job
+    max_body_bytes: int = 64 * 1024 * 1024
+    completion_allowance: int = 256  # tokens charged for a reply when a request has no max_tokens
+
+
+class _Stopped(Exception):
+    """The job stopped before this request was sent."""
+
+
+_DONE = object()
+
+
+class Engine:
+    """Sends requests with bounded concurrency, rate limits and retries."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        settings: EngineSettings | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings or EngineSettings()
+        self._session = session
+        self._limiter = RateLimiter(self.settings.rpm, self.settings.tpm)
+        self._model_limiters = {
+            model: RateLimiter(limits.rpm, limits.tpm)
+            for model, limits in self.settings.model_limits.items()
+        }
+        self._cap = ConcurrencyLimit(self.settings.concurrency)
+        self._client: Client | None = None
+        self._fatal_streak = 0
+        self.stop_reason: str | None = None
+        self.sent = 0  # HTTP attempts made
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def in_flight(self) -> int:
+        return self._cap.in_flight
+
+    def stop(self, reason: str) -> None:
+        """Send nothing new; requests in flight finish, the rest are left unsent."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+
+    async def run(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[Result]:
+        """Yield one `Result` per request sent, as each finishes (not in input order)."""
+        own_session = self._session is None
+        session = self._session or new_session(self.settings)
+        self._client = Client(
+            session,
+            self.endpoint,
+            timeout=self.settings.timeout,
+            max_body_bytes=self.settings.max_body_bytes,
+        )
+        workers = self.settings.concurrency + max(4, self.settings.concurrency // 4)
+        todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * workers)
+        done: asyncio.Queue[object] = asyncio.Queue(maxsize=4 * workers)
+        failure: list[BaseException] = []
+        remaining = [workers]
+
+        async def produce() -> None:
+            try:
+                if isinstance(requests, AsyncIterable):
+                    async for request in requests:
+                        if self.stopping:
+                            break
+                        await todo.put(request)
+                else:
+                    for request in requests:
+                        if self.stopping:
+                            break
+                        await todo.put(request)
+            except Exception as exc:  # e.g. an input error found while streaming
+                failure.append(exc)
+                self.stop("the request stream failed")
+            finally:
+                for _ in range(workers):
+                    await todo.put(None)
+
+        async def work() -> None:
+            try:
+                while (request := await todo.get()) is not None:
+                    if self.stopping:
+                        continue
+                    result = await self._process(request)
+                    if result is not None:
+                        await done.put(result)
+            finally:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    done.put_nowait(_DONE)
+
+        tasks = [asyncio.ensure_future(produce())]
+        tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
+        try:
+            while (item := await done.get()) is not _DONE:
+                yield item  # type: ignore[misc]
+            for task in tasks:  # surface a worker's own bug instead of hiding it
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if failure:
+                raise failure[0]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if own_session:
+                await session.close()
+
+    async def _process(self, request: Request) -> Result | None:
+        if request.bad_input is not None:
+            return error_result(request, ErrorType.BAD_INPUT.value, request.bad_input)
+        data = orjson.dumps(request.body)
+        charge = request.est_prompt_tokens + (
+            request.max_tokens or self.settings.completion_allowance
+        )
+        limiters = [self._limiter]
+        if request.model in self._model_limiters:
+            limiters.append(self._model_limiters[request.model])
+
+        async def send() -> Attempt:
+            return await self._send(data, charge, limiters)
+
+        try:
+            first = await send()
+            attempt, made = await with_retries(send, first, self.settings.retry)
+        except _Stopped:
+            return None
+        result = to_result(request, attempt, made)
+        self._track(attempt.error)
+        return result
+
+    async def _send(self, data: bytes, charge: int, limiters: list[RateLimiter]) -> Attempt:
+        for limiter in limiters:
+            await limiter.acquire(charge)
+        if self.stopping:
+            for limiter in limiters:
+                limiter.settle(charge, 0)
+            raise _Stopped
+        await self._cap.acquire()
+        try:
+            if self.stopping:
+                raise _Stopped
+            self.sent += 1
+            attempt = await self._client.post(data)  # type: ignore[union-attr]
+        finally:
+            self._cap.release()
+        self._learn(attempt, charge, limiters)
+        return attempt
+
+    def _learn(self, attempt: Attempt, charge: int, limiters: list[RateLimiter]) -> None:
+        """Feed what the reply said back into the limits."""
+        error = attempt.error
+        for limiter in limiters:
+            if attempt.headers is not None:
+                limiter.observe(attempt.headers, self._cap.in_flight)
+            if attempt.reply is not None:
+                limiter.settle(charge, attempt.reply.usage.total_tokens or charge)
+            elif error is not None and error.error_type == ErrorType.RATE_LIMITED:
+                limiter.settle(charge, 0)
+        if attempt.reply is not None:
+            self._cap.on_success()
+        elif error is not None and error.concurrency:
+            self._cap.shrink()
+        elif error is not None and error.error_type == ErrorType.RATE_LIMITED:
+            wait = error.retry_after if error.retry_after is not None else 1.0
+            self._limiter.pause(min(wait, self.settings.retry.max_wait))
+
+    def _track(self, error: AttemptError | None) -> None:
+        """Stop the job when errors say every request will fail (bad key, no quota)."""
+        if error is None:
+            self._fatal_streak = 0
+            return
+        if not error.job_fatal:
+            return
+        self._fatal_streak += 1
+        if self._fatal_streak >= self.settings.stop_after_fatal:
+            status = f"HTTP {error.http_status} " if error.http_status else ""
+            self.stop(
+                f"{self._fatal_streak} requests in a row failed with {status}{error.error_type}"
+                f" ({error.message})"
+            )
+
+
+def new_session(settings: EngineSettings) -> aiohttp.ClientSession:
+    """One session for the job, its pool sized to the concurrency."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.concurrency, limit_per_host=0, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(connector=connector, raise_for_status=False)
+
+
+def to_result(request: Request, attempt: Attempt, attempts: int) -> Result:
+    reply, error = attempt.reply, attempt.error
+    if reply is not None:
+        return Result(
+            row_index=request.row_index,
+            model_index=request.model_index,
+            sample=request.sample,
+            id=request.row_id,
+            model=request.model,
+            status=Status.OK,
+            request_hash=request.request_hash,
+            attempts=attempts,
+            latency_s=attempt.latency_s,
+            http_status=attempt.http_status,
+            reply=reply,
+            usage=reply.usage,
+        )
+    assert error is not None
+    return Result(
+        row_index=request.row_index,
+        model_index=request.model_index,
+        sample=request.sample,
+        id=request.row_id,
+        model=request.model,
+        status=Status.ERROR,
+        request_hash=request.request_hash,
+        attempts=attempts,
+        latency_s=attempt.latency_s,
+        http_status=attempt.http_status or error.http_status,
+        error_type=error.error_type,
+        error_message=error.message,
+    )
+
+
+def error_result(request: Request, error_type: str, message: str) -> Result:
+    return Result(
+        row_index=request.row_index,
+        model_index=request.model_index,
+        sample=request.sample,
+        id=request.row_id,
+        model=request.model,
+        status=Status.ERROR,
+        request_hash=request.request_hash or None,
+        error_type=error_type,
+        error_message=message,
+    )

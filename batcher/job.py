@@ -1,0 +1,333 @@
+"""A whole job: check the input, send every request, keep results durable, write OUT.
+
+    input file ──► scan (cheap pass: every row checked, nothing sent)
+               ──► requests ──► Engine ──► PartWriter (job dir, durable parts)
+               ──► Assembler (input again, in order) ──► OUT.parquet (atomic)
+
+This module wires the stages together; each stage lives in its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from batcher import __version__
+from batcher.engine import Engine, EngineSettings
+from batcher.errors import UsageError
+from batcher.inputs import RowBatch, read_batches
+from batcher.providers import Endpoint, read_key, resolve_provider
+from batcher.requests import InputScan, RequestSpec, iter_requests, scan, to_arrow
+from batcher.results import (
+    Assembler,
+    PartWriter,
+    RequestGroup,
+    output_schema,
+    write_output,
+)
+from batcher.retry import RetryPolicy
+from batcher.spec import KEEP_ALL, KEEP_NONE, JobSpec
+from batcher.summary import JobSummary, Tally
+from batcher.types import Request, Result
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Handed to the progress callback a few times a second."""
+
+    done: int
+    total: int
+    ok: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    requests: int
+    rows: int
+    bodies: list[dict]
+    url: str
+    headers: dict[str, str]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def request_spec(spec: JobSpec, base_url: str) -> RequestSpec:
+    return RequestSpec(
+        models=spec.models,
+        params=spec.body_params(),
+        system=spec.system,
+        template=spec.template,
+        prompt_column=spec.prompt_column,
+        messages_column=spec.messages_column,
+        id_column=spec.id_column,
+        base_url=base_url,
+        on_bad_row=spec.on_bad_row,
+    )
+
+
+def engine_settings(spec: JobSpec) -> EngineSettings:
+    return EngineSettings(
+        concurrency=spec.concurrency,
+        timeout=spec.timeout,
+        retry=RetryPolicy(max_retries=spec.max_retries),
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+    )
+
+
+def job_dir_for(output: Path) -> Path:
+    return output.with_name(output.name + ".batcher")
+
+
+class Job:
+    """One run of a `JobSpec`. `await job.run()` does it all; `job.interrupt()` stops it."""
+
+    def __init__(self, spec: JobSpec, *, progress: ProgressCallback | None = None) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.provider = resolve_provider(
+            spec.provider, spec.base_url, spec.auth_header, spec.api_key_env
+        )
+        self._key = read_key(self.provider, spec.api_key_file)
+        self.engine: Engine | None = None
+        self.interrupted = False
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Send nothing new; what is in flight finishes; the job directory stays for a rerun."""
+        self.interrupted = True
+        if self.engine is not None:
+            self.engine.stop(reason)
+
+    def endpoint(self, base_url: str) -> Endpoint:
+        return Endpoint(base_url, self.provider.auth_header, self._key)
+
+    def scan(self, base_url: str) -> InputScan:
+        return scan(request_spec(self.spec, base_url), self.spec.input, limit=self.spec.limit)
+
+    async def dry_run(self, count: int = 3) -> DryRun:
+        base_url = self.provider.base_url or "http://127.0.0.1:PORT/v1"
+        found = self.scan(base_url)
+        bodies = []
+        for request in self._requests(base_url):
+            if len(bodies) == count:
+                break
+            if request.bad_input is None:
+                bodies.append(request.body)
+        endpoint = self.endpoint(base_url)
+        return DryRun(found.requests, found.rows, bodies, endpoint.url, endpoint.redacted_headers())
+
+    async def run(self) -> JobSummary:
+        started = time.time()
+        spec = self.spec
+        assert spec.output is not None
+        output = Path(spec.output)
+        check_writable(output)
+        async with contextlib.AsyncExitStack() as stack:
+            base_url = self.provider.base_url
+            if base_url is None:  # the built-in mock, on a free loopback port
+                from batcher.mockserver import MockServer
+
+                server = await stack.enter_async_context(MockServer())
+                base_url = server.url
+            found = await asyncio.to_thread(self.scan, base_url)
+            job_dir = job_dir_for(output)
+            prepare_job_dir(job_dir, spec)
+            self.engine = Engine(self.endpoint(base_url), engine_settings(spec))
+            if self.interrupted:
+                self.engine.stop("interrupted")
+            tally = await self._send(job_dir, base_url, found)
+            stop_reason = self.engine.stop_reason
+            if self.interrupted:
+                return self._summary(None, found, tally, started, stop_reason, job_dir)
+            reason = (
+                f"not sent: the job stopped early ({stop_reason})" if stop_reason else "not sent"
+            )
+            final = await asyncio.to_thread(
+                self._assemble, job_dir, output, base_url, found, reason, started
+            )
+            keep = spec.keep_job_dir or stop_reason is not None
+            if not keep:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            return self._summary(
+                output, found, final, started, stop_reason, job_dir if keep else None
+            )
+
+    async def _send(self, job_dir: Path, base_url: str, found: InputScan) -> Tally:
+        """Run the engine over every request, flushing durable parts as results arrive."""
+        assert self.engine is not None
+        writer = PartWriter(job_dir, first_part=next_part_number(job_dir))
+        counts = Tally()
+        done = ok = prompt = completion = 0
+        last_flush = last_progress = time.monotonic()
+        flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
+        results = self.engine.run(self._requests(base_url))
+        try:
+            async for result in results:
+                writer.add(result)
+                done += 1
+                ok += result.ok
+                prompt += result.usage.prompt_tokens
+                completion += result.usage.completion_tokens
+                now = time.monotonic()
+                if writer.pending >= flush_rows or now - last_flush >= flush_seconds:
+                    await asyncio.to_thread(writer.flush)
+                    last_flush = now
+                if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
+                    last_progress = now
+                    self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
+        finally:
+            await results.aclose()
+            await asyncio.to_thread(writer.flush)
+        if self.progress is not None:
+            self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
+        return counts
+
+    def _requests(self, base_url: str) -> Iterator[Request]:
+        batches = read_batches(self.spec.input, limit=self.spec.limit)
+        return iter_requests(request_spec(self.spec, base_url), batches, str(self.spec.input))
+
+    def _groups(self, base_url: str, found: InputScan) -> Iterator[RequestGroup]:
+        """The input again, batch by batch, with each batch's requests and kept columns."""
+        keep = kept_columns(self.spec.keep_columns, found)
+        seen: deque[RowBatch] = deque()
+
+        def tap() -> Iterator[RowBatch]:
+            for batch in read_batches(self.spec.input, limit=self.spec.limit):
+                seen.append(batch)
+                yield batch
+
+        def group(batch: RowBatch, requests: list[Request]) -> RequestGroup:
+            columns = None
+            if keep is not None:
+                columns = to_arrow(batch, found.schema).select(keep)
+            return RequestGroup(batch.start, batch.start + len(batch.rows), columns, requests)
+
+        pending: list[Request] = []
+        spec = request_spec(self.spec, base_url)
+        for request in iter_requests(spec, tap(), str(self.spec.input)):
+            while request.row_index >= seen[0].start + len(seen[0].rows):
+                yield group(seen.popleft(), pending)
+                pending = []
+            pending.append(request)
+        while seen:
+            yield group(seen.popleft(), pending)
+            pending = []
+
+    def _assemble(
+        self,
+        job_dir: Path,
+        output: Path,
+        base_url: str,
+        found: InputScan,
+        reason: str,
+        started: float,
+    ) -> Tally:
+        """Write OUT from the parts and the input, in input order; count as it goes."""
+        keep = kept_columns(self.spec.keep_columns, found)
+        kept = None if keep is None else pa.schema([found.schema.field(n) for n in keep])
+        schema = output_schema(kept, with_sample=False)
+        assembler = Assembler(job_dir, schema, not_sent_reason=reason)
+        tally = Tally()
+
+        def tables() -> Iterator[pa.Table]:
+            for group in self._groups(base_url, found):
+                table = assembler.table(group)
+                tally.add(table)
+                yield table
+
+        def metadata() -> dict[str, bytes]:
+            info = {
+                "version": __version__,
+                "settings": self.spec.settings(),
+                "base_url": base_url,
+                "started": iso(started),
+                "finished": iso(time.time()),
+                "rows": found.rows,
+                "requests": tally.rows,
+                "ok": tally.ok,
+                "errors": tally.rows - tally.ok,
+                "stop_reason": self.engine.stop_reason if self.engine else None,
+            }
+            return {"batcher": json.dumps(info, default=str).encode()}
+
+        write_output(output, schema, tables(), metadata)
+        return tally
+
+    def _summary(self, output, found, tally, started, stop_reason, job_dir) -> JobSummary:
+        assert self.engine is not None
+        return JobSummary(
+            output=output,
+            rows=found.rows,
+            requests=found.requests,
+            ok=tally.ok,
+            errors=tally.rows - tally.ok,
+            errors_by_type=dict(tally.errors_by_type),
+            models=tally.model_totals(),
+            latency_p50=tally.latency.percentile(0.5),
+            latency_p95=tally.latency.percentile(0.95),
+            wall_s=time.time() - started,
+            sent=self.engine.sent,
+            stop_reason=stop_reason,
+            interrupted=self.interrupted,
+            job_dir=job_dir,
+        )
+
+
+def kept_columns(keep: str | tuple[str, ...], found: InputScan) -> list[str] | None:
+    names = list(found.schema.names)
+    if keep == KEEP_ALL:
+        return names or None
+    if keep == KEEP_NONE:
+        return None
+    missing = [c for c in keep if c not in names]
+    if missing:
+        raise UsageError(f"--keep-columns: no input column '{missing[0]}'")
+    return list(keep)
+
+
+def check_writable(output: Path) -> None:
+    parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise UsageError(f"{output}: the output path is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"{output}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{output}: the directory {parent} is not writable")
+
+
+def prepare_job_dir(job_dir: Path, spec: JobSpec) -> None:
+    job_dir.mkdir(exist_ok=True)
+    settings = {"version": __version__, "settings": spec.settings()}
+    (job_dir / "job.json").write_text(json.dumps(settings, indent=2, default=str))
+
+
+def next_part_number(job_dir: Path) -> int:
+    numbers = [int(p.stem.split("-")[1]) for p in job_dir.glob("part-*.parquet")]
+    return max(numbers, default=-1) + 1
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["DryRun", "Job", "Progress", "Result"]

@@ -1,0 +1,301 @@
+"""Results to durable Parquet parts, and parts to the final output file.
+
+While a job runs, `PartWriter` turns results into Arrow columns and writes them as part
+files in the job directory: each to a hidden temporary name, fsynced, renamed, and the
+directory fsynced, so a part that exists is complete. At the end `assemble` streams the input
+again, batch by batch, joins each batch's requests with their results (a request with no
+result becomes a `not_sent` error row), adds the input's own columns, and writes OUT through
+a temporary file and an atomic rename. Memory stays at a batch or two.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from batcher.types import ErrorType, Request, Result, Status
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("model", pa.string()),
+        ("status", pa.string()),
+        ("content", pa.string()),
+        ("finish_reason", pa.string()),
+        ("refusal", pa.string()),
+        ("reasoning", pa.string()),
+        ("tool_calls", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+        ("latency_s", pa.float64()),
+        ("attempts", pa.int32()),
+        ("http_status", pa.int32()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("response_id", pa.string()),
+        ("response_model", pa.string()),
+        ("created", pa.timestamp("s", tz="UTC")),
+        ("request_hash", pa.string()),
+        ("search_results", pa.string()),
+        ("warning", pa.string()),
+    ]
+)
+KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("_model", pa.int32()), ("sample", pa.int32())])
+PART_SCHEMA = pa.schema([*KEY_SCHEMA, *OUTPUT_SCHEMA])
+OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"}
+
+
+def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
+    """Results as lists of column values, in PART_SCHEMA order."""
+    cols: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
+    for r in results:
+        reply, usage = r.reply, r.usage
+        cols["_row"].append(r.row_index)
+        cols["_model"].append(r.model_index)
+        cols["sample"].append(r.sample)
+        cols["id"].append(r.id)
+        cols["model"].append(r.model)
+        cols["status"].append(r.status.value)
+        cols["prompt_tokens"].append(usage.prompt_tokens)
+        cols["completion_tokens"].append(usage.completion_tokens)
+        cols["total_tokens"].append(usage.total_tokens)
+        cols["cost_usd"].append(usage.cost_usd)
+        cols["latency_s"].append(r.latency_s)
+        cols["attempts"].append(r.attempts)
+        cols["http_status"].append(r.http_status)
+        cols["error_type"].append(r.error_type)
+        cols["error_message"].append(r.error_message)
+        cols["request_hash"].append(r.request_hash)
+        if reply is None:
+            for name in REPLY_FIELDS:
+                cols[name].append(None)
+            continue
+        cols["content"].append(reply.content)
+        cols["finish_reason"].append(reply.finish_reason)
+        cols["refusal"].append(reply.refusal)
+        cols["reasoning"].append(reply.reasoning)
+        cols["tool_calls"].append(reply.tool_calls)
+        cols["response_id"].append(reply.response_id)
+        cols["response_model"].append(reply.response_model)
+        cols["created"].append(reply.created)
+        cols["search_results"].append(reply.search_results)
+        cols["warning"].append(reply.warning)
+    return cols
+
+
+REPLY_FIELDS = (
+    "content",
+    "finish_reason",
+    "refusal",
+    "reasoning",
+    "tool_calls",
+    "response_id",
+    "response_model",
+    "created",
+    "search_results",
+    "warning",
+)
+
+
+def results_table(results: Iterable[Result]) -> pa.Table:
+    cols = result_columns(results)
+    arrays = [pa.array(cols[f.name], type=_storage_type(f.type)) for f in PART_SCHEMA]
+    arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, PART_SCHEMA)]
+    return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    return pa.int64() if pa.types.is_timestamp(t) else t
+
+
+class PartWriter:
+    """Buffers results and writes them as atomic, durable Parquet parts."""
+
+    def __init__(self, job_dir: Path, *, first_part: int = 0) -> None:
+        self.job_dir = job_dir
+        self._next = first_part
+        self._buffer: list[Result] = []
+        self.written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def add(self, result: Result) -> None:
+        self._buffer.append(result)
+
+    def flush(self) -> Path | None:
+        if not self._buffer:
+            return None
+        table = results_table(self._buffer)
+        path = self.job_dir / f"part-{self._next:06d}.parquet"
+        write_atomic(table, path)
+        self._next += 1
+        self.written += len(self._buffer)
+        self._buffer = []
+        return path
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write, fsync and rename, so `path` holds a whole file or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_files(job_dir: Path) -> list[Path]:
+    return sorted(job_dir.glob("part-*.parquet"))
+
+
+# ---------------------------------------------------------------------------------------
+# Assembly
+
+
+@dataclass(frozen=True, slots=True)
+class RequestGroup:
+    """One input batch: its rows' own columns and the requests made from them."""
+
+    start: int  # row index of the first row
+    stop: int  # one past the last row
+    columns: pa.Table | None  # the input's kept columns, one row per input row
+    requests: list[Request]
+
+
+def output_schema(input_schema: pa.Schema | None, *, with_sample: bool) -> pa.Schema:
+    fields = list(OUTPUT_SCHEMA)
+    if with_sample:
+        fields.insert(2, pa.field("sample", pa.int32()))
+    for f in input_schema or []:
+        name = f"input_{f.name}" if f.name in OUTPUT_NAMES else f.name
+        fields.append(pa.field(name, f.type))
+    return pa.schema(fields)
+
+
+class Assembler:
+    """Joins each input batch's requests with their results from the parts, in order."""
+
+    def __init__(self, job_dir: Path, schema: pa.Schema, *, not_sent_reason: str) -> None:
+        self.schema = schema
+        self.not_sent_reason = not_sent_reason
+        files = part_files(job_dir)
+        self._dataset = ds.dataset([str(f) for f in files], format="parquet") if files else None
+        self._part_of = {str(f): i for i, f in enumerate(files)}
+
+    def table(self, group: RequestGroup) -> pa.Table:
+        found = self._results(group.start, group.stop)
+        keys = _latest_positions(found)
+        missing: list[Request] = []
+        take: list[int] = []
+        n_found = found.num_rows
+        for request in group.requests:
+            pos = keys.get(request.key)
+            if pos is None:
+                pos = n_found + len(missing)
+                missing.append(request)
+            take.append(pos)
+        results = found.select([*OUTPUT_SCHEMA.names, "sample"])
+        if missing:
+            filler = results_table(self._not_sent(r) for r in missing)
+            results = pa.concat_tables([results, filler.select(results.column_names)])
+        out = results.take(pa.array(take, type=pa.int64()))
+        columns = {name: out.column(name) for name in out.column_names}
+        if group.columns is not None:
+            rows = pa.array([r.row_index - group.start for r in group.requests], type=pa.int64())
+            inputs = group.columns.take(rows)
+            for name, col in zip(inputs.column_names, inputs.columns):
+                columns[f"input_{name}" if name in OUTPUT_NAMES else name] = col
+        return pa.Table.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
+
+    def _results(self, start: int, stop: int) -> pa.Table:
+        if self._dataset is None:
+            return results_table([]).append_column("_part", pa.array([], pa.int32()))
+        rows = ds.field("_row")
+        table = self._dataset.to_table(
+            filter=(rows >= start) & (rows < stop),
+            columns=[*PART_SCHEMA.names, "__filename"],
+        )
+        parts = [self._part_of[name] for name in table.column("__filename").to_pylist()]
+        table = table.drop_columns(["__filename"])
+        return table.append_column("_part", pa.array(parts, pa.int32()))
+
+    def _not_sent(self, request: Request) -> Result:
+        return Result(
+            row_index=request.row_index,
+            model_index=request.model_index,
+            sample=request.sample,
+            id=request.row_id,
+            model=request.model,
+            status=Status.ERROR,
+            request_hash=request.request_hash or None,
+            error_type=ErrorType.NOT_SENT.value,
+            error_message=self.not_sent_reason,
+        )
+
+
+def _latest_positions(found: pa.Table) -> dict[tuple[int, int, int], int]:
+    """Key -> row position, the newest part winning when a key was written twice."""
+    rows = found.column("_row").to_pylist()
+    models = found.column("_model").to_pylist()
+    samples = found.column("sample").to_pylist()
+    parts = found.column("_part").to_pylist()
+    best: dict[tuple[int, int, int], int] = {}
+    for i, key in enumerate(zip(rows, models, samples)):
+        j = best.get(key)
+        if j is None or parts[i] >= parts[j]:
+            best[key] = i
+    return best
+
+
+def write_output(
+    path: Path,
+    schema: pa.Schema,
+    tables: Iterable[pa.Table],
+    metadata: Callable[[], dict[str, bytes]] | None = None,
+) -> int:
+    """Write the tables to `path` atomically; `metadata()` is asked for last. Return rows."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table)
+                rows += table.num_rows
+            if metadata is not None:
+                writer.add_key_value_metadata(metadata())
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return rows

@@ -1,0 +1,134 @@
+"""The job spec: every option of `batcher run`, validated once, typed, never holding a key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from batcher.errors import UsageError
+
+KEEP_ALL = "all"
+KEEP_NONE = "none"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    input: Path
+    output: Path | None = None  # None only for --dry-run
+    models: tuple[str, ...] = ()
+    # request body
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    template: str | None = None
+    # input shape
+    prompt_column: str = "prompt"
+    messages_column: str = "messages"
+    id_column: str | None = None
+    keep_columns: str | tuple[str, ...] = KEEP_ALL
+    on_bad_row: str = "error"
+    limit: int | None = None
+    # where to send
+    provider: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    auth_header: str | None = None
+    # engine
+    concurrency: int = 32
+    timeout: float = 120.0
+    max_retries: int = 6
+    rpm: float | None = None
+    tpm: float | None = None
+    # durability
+    flush_rows: int = 1000
+    flush_seconds: float = 5.0
+    keep_job_dir: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("concurrency", self.concurrency)
+        check_positive("timeout", self.timeout)
+        check_positive("flush-rows", self.flush_rows)
+        check_positive("flush-seconds", self.flush_seconds)
+        if self.max_retries < 0:
+            raise UsageError("--max-retries must be 0 or more")
+        for name in ("rpm", "tpm", "limit", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(name.replace("_", "-"), value)
+        if self.on_bad_row not in ("error", "skip"):
+            raise UsageError("--on-bad-row must be 'error' or 'skip'")
+        if self.output is None and not self.dry_run:
+            raise UsageError("missing -o/--output")
+        if self.output is not None and Path(self.output).resolve() == Path(self.input).resolve():
+            raise UsageError("the output path is the input file")
+
+    def body_params(self) -> dict[str, Any]:
+        """Job-level body keys: the named options, then --param (which wins)."""
+        body: dict[str, Any] = {}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.stop:
+            body["stop"] = list(self.stop)
+        if self.json:
+            body["response_format"] = {"type": "json_object"}
+        body.update(self.params)
+        return body
+
+    def settings(self) -> dict[str, Any]:
+        """The spec as JSON-friendly settings for metadata and the job directory."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
+def check_positive(name: str, value: float) -> None:
+    if (isinstance(value, float) and math.isnan(value)) or value <= 0:
+        raise UsageError(f"--{name} must be greater than 0, got {value}")
+
+
+def make_spec(**options: Any) -> JobSpec:
+    """A `JobSpec` from keyword options (library callers), unknown names rejected."""
+    known = {f.name for f in fields(JobSpec)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}")
+    for name in ("input", "output", "api_key_file"):
+        if options.get(name) is not None:
+            options[name] = Path(options[name])
+    for name in ("models", "stop"):
+        value = options.get(name)
+        if isinstance(value, str):
+            options[name] = (value,)
+        elif value is not None:
+            options[name] = tuple(value)
+    keep = options.get("keep_columns")
+    if isinstance(keep, (list, tuple)):
+        options["keep_columns"] = tuple(keep)
+    return JobSpec(**options)
+
+
+__all__ = ["JobSpec", "make_spec"]
