@@ -136,14 +136,23 @@ def too_large(cap: int) -> AttemptError:
     return FatalError(ErrorType.RESPONSE_TOO_LARGE, f"reply larger than {cap // 2**20} MiB")
 
 
+PERMANENT_ERRORS = (
+    aiohttp.ClientSSLError,
+    aiohttp.ServerFingerprintMismatch,
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+)
+
+
 def map_exception(exc: BaseException) -> AttemptError:
     """aiohttp's and asyncio's errors, translated once into ours."""
     name = type(exc).__name__
-    detail = str(exc) or name
-    if isinstance(exc, (aiohttp.ClientSSLError,)):
-        return FatalError(ErrorType.CONNECTION_ERROR, f"TLS error: {detail}", job_fatal=True)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return FatalError(ErrorType.CONNECTION_ERROR, f"invalid URL: {detail}", job_fatal=True)
+    try:
+        detail = str(exc) or name
+    except Exception:  # a half-built exception: its name is all we can say
+        detail = name
+    if isinstance(exc, PERMANENT_ERRORS):  # TLS, certificate, a URL that cannot work
+        return FatalError(ErrorType.CONNECTION_ERROR, f"{name}: {detail}", job_fatal=True)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return RetryableError(ErrorType.TIMEOUT, "no complete reply before the timeout")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -151,7 +160,7 @@ def map_exception(exc: BaseException) -> AttemptError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return RetryableError(ErrorType.CONNECTION_ERROR, f"reply body cut short: {detail}")
     if isinstance(exc, aiohttp.ClientResponseError):
-        return RetryableError(ErrorType.BAD_RESPONSE, f"malformed HTTP reply: {exc.message}")
+        return RetryableError(ErrorType.BAD_RESPONSE, f"malformed HTTP reply: {detail}")
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return RetryableError(ErrorType.CONNECTION_ERROR, f"{name}: {detail}")
     return RetryableError(ErrorType.BAD_RESPONSE, f"{name}: {detail}")

@@ -306,11 +306,14 @@ def kept_columns(keep: str | tuple[str, ...], found: InputScan) -> list[str] | N
 
 
 def check_writable(output: Path) -> None:
-    parent = output.parent if str(output.parent) else Path(".")
+    """Fail before anything is sent if OUT cannot be written (its folder is made)."""
     if output.is_dir():
         raise UsageError(f"{output}: the output path is a directory")
-    if not parent.is_dir():
-        raise UsageError(f"{output}: the directory {parent} does not exist")
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot create {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{output}: the directory {parent} is not writable")
 
