@@ -135,6 +135,12 @@ def main() -> None:
     "--flush-seconds", type=float, default=5.0, show_default=True, help="...or every S seconds."
 )
 @click.option("--keep-job-dir", is_flag=True, help="Keep OUT.batcher/ after success.")
+@click.option("--fresh", is_flag=True, help="Discard earlier results for OUT and start over.")
+@click.option(
+    "--retry-errors",
+    is_flag=True,
+    help="Send again only the requests whose earlier result is an error.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
@@ -319,5 +325,11 @@ def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **op
         if not api_key:
             raise CliError(f"--api-key-env: ${api_key_env} is not set")
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
-    config = MockConfig(api_key=api_key, faults=kinds, **opts)
-    serve(config, host, port, ready=lambda url: click.echo(f"Mock API listening on {url}"))
+    try:
+        config = MockConfig(api_key=api_key, faults=kinds, **opts)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        serve(config, host, port, ready=lambda url: click.echo(f"Mock API listening on {url}"))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from batcher.results import (
     output_schema,
     write_output,
 )
+from batcher.resume import DoneIndex, import_output, load_index
 from batcher.retry import RetryPolicy
 from batcher.spec import KEEP_ALL, KEEP_NONE, JobSpec
 from batcher.summary import JobSummary, Tally
@@ -147,15 +149,16 @@ class Job:
             if base_url is None:  # the built-in mock, on a free loopback port
                 from batcher.mockserver import MockServer
 
-                server = await stack.enter_async_context(MockServer())
+                server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
             found = await asyncio.to_thread(self.scan, base_url)
             job_dir = job_dir_for(output)
+            done = await asyncio.to_thread(self._resume_index, output, job_dir, base_url)
             prepare_job_dir(job_dir, spec)
             self.engine = Engine(self.endpoint(base_url), engine_settings(spec))
             if self.interrupted:
                 self.engine.stop("interrupted")
-            tally = await self._send(job_dir, base_url, found)
+            tally = await self._send(job_dir, base_url, found, done)
             stop_reason = self.engine.stop_reason
             if self.interrupted:
                 return self._summary(None, found, tally, started, stop_reason, job_dir)
@@ -172,15 +175,52 @@ class Job:
                 output, found, final, started, stop_reason, job_dir if keep else None
             )
 
-    async def _send(self, job_dir: Path, base_url: str, found: InputScan) -> Tally:
-        """Run the engine over every request, flushing durable parts as results arrive."""
+    def _resume_index(self, output: Path, job_dir: Path, base_url: str) -> DoneIndex:
+        """Earlier results of this OUT (its job directory, else OUT itself), checked
+        against the requests this run would make; a mismatch stops the job (exit 2)."""
+        remove_stale_temporaries(output)
+        if self.spec.fresh:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return DoneIndex.empty()
+        imported = False
+        if not job_dir.exists() and output.exists():
+            job_dir.mkdir()
+            imported = import_output(output, job_dir) > 0
+        if not job_dir.exists():
+            return DoneIndex.empty()
+        done = load_index(job_dir)
+        if not len(done):
+            return done
+        changed = list(itertools.islice(done.mismatches(self._requests(base_url)), 1))
+        if changed:
+            if imported:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            first = changed[0]
+            source = output if imported else job_dir
+            raise UsageError(
+                f"{source}: earlier results were made from a different input or settings "
+                f"(first: row {first.row_index}, id {first.row_id!r}, model {first.model!r}); "
+                "run with --fresh to start over, or restore the earlier input and options"
+            )
+        return done
+
+    async def _send(
+        self, job_dir: Path, base_url: str, found: InputScan, done_index: DoneIndex
+    ) -> Tally:
+        """Run the engine over every request not yet done, flushing durable parts."""
         assert self.engine is not None
         writer = PartWriter(job_dir, first_part=next_part_number(job_dir))
         counts = Tally()
         done = ok = prompt = completion = 0
         last_flush = last_progress = time.monotonic()
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
-        results = self.engine.run(self._requests(base_url))
+        retry_errors = self.spec.retry_errors
+        todo = (
+            r
+            for r in self._requests(base_url)
+            if not done_index.is_done(r, retry_errors=retry_errors)
+        )
+        results = self.engine.run(todo)
         try:
             async for result in results:
                 writer.add(result)
@@ -322,6 +362,13 @@ def prepare_job_dir(job_dir: Path, spec: JobSpec) -> None:
     job_dir.mkdir(exist_ok=True)
     settings = {"version": __version__, "settings": spec.settings()}
     (job_dir / "job.json").write_text(json.dumps(settings, indent=2, default=str))
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Temporary OUT files left by a run killed while writing OUT."""
+    for tmp in output.parent.glob(f".{output.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def next_part_number(job_dir: Path) -> int:

@@ -49,7 +49,9 @@ OUTPUT_SCHEMA = pa.schema(
         ("warning", pa.string()),
     ]
 )
-KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("_model", pa.int32()), ("sample", pa.int32())])
+# A result's key is (_row, model, sample): the model by name, so a model list edited between
+# runs does not shuffle earlier results.
+KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("sample", pa.int32())])
 PART_SCHEMA = pa.schema([*KEY_SCHEMA, *OUTPUT_SCHEMA])
 OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"}
 
@@ -60,7 +62,6 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
     for r in results:
         reply, usage = r.reply, r.usage
         cols["_row"].append(r.row_index)
-        cols["_model"].append(r.model_index)
         cols["sample"].append(r.sample)
         cols["id"].append(r.id)
         cols["model"].append(r.model)
@@ -218,7 +219,7 @@ class Assembler:
         take: list[int] = []
         n_found = found.num_rows
         for request in group.requests:
-            pos = keys.get(request.key)
+            pos = keys.get((request.row_index, request.model, request.sample))
             if pos is None:
                 pos = n_found + len(missing)
                 missing.append(request)
@@ -262,13 +263,13 @@ class Assembler:
         )
 
 
-def _latest_positions(found: pa.Table) -> dict[tuple[int, int, int], int]:
+def _latest_positions(found: pa.Table) -> dict[tuple[int, str, int], int]:
     """Key -> row position, the newest part winning when a key was written twice."""
     rows = found.column("_row").to_pylist()
-    models = found.column("_model").to_pylist()
+    models = found.column("model").to_pylist()
     samples = found.column("sample").to_pylist()
     parts = found.column("_part").to_pylist()
-    best: dict[tuple[int, int, int], int] = {}
+    best: dict[tuple[int, str, int], int] = {}
     for i, key in enumerate(zip(rows, models, samples)):
         j = best.get(key)
         if j is None or parts[i] >= parts[j]:

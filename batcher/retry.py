@@ -16,7 +16,8 @@ from tenacity import (
     RetryCallState,
     retry_if_result,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from batcher.client import Attempt
@@ -35,7 +36,9 @@ def should_retry(attempt: Attempt) -> bool:
 
 def make_wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     """Exponential backoff with jitter, unless the server said how long (capped)."""
-    backoff = wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait, jitter=1)
+    backoff = wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait) + wait_random(
+        0, policy.initial_wait
+    )
 
     def wait(state: RetryCallState) -> float:
         attempt = state.outcome.result() if state.outcome else None

@@ -52,6 +52,8 @@ class JobSpec:
     flush_rows: int = 1000
     flush_seconds: float = 5.0
     keep_job_dir: bool = False
+    fresh: bool = False  # drop earlier results of this OUT and start over
+    retry_errors: bool = False  # send again the requests whose earlier result was an error
     dry_run: bool = False
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class JobSpec:
                 check_positive(name.replace("_", "-"), value)
         if self.on_bad_row not in ("error", "skip"):
             raise UsageError("--on-bad-row must be 'error' or 'skip'")
+        if self.fresh and self.retry_errors:
+            raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
         if self.output is None and not self.dry_run:
             raise UsageError("missing -o/--output")
         if self.output is not None and Path(self.output).resolve() == Path(self.input).resolve():
