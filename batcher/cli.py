@@ -276,6 +276,26 @@ def setup_logging(verbose: bool) -> None:
     logger.propagate = False
 
 
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def status(path: Path, as_json: bool) -> None:
+    """How far the job writing PATH (OUT.parquet or its OUT.parquet.batcher/) has got.
+
+    Works while the job runs in another terminal, after it stopped, and on a finished OUT."""
+    from batcher.status import job_status, render
+
+    try:
+        found = job_status(path)
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+    else:
+        for line in render(found):
+            click.echo(line)
+
+
 @main.command("mock-server")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)

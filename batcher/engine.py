@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -259,6 +260,7 @@ def to_result(request: Request, attempt: Attempt, attempts: int) -> Result:
             http_status=attempt.http_status,
             reply=reply,
             usage=reply.usage,
+            finished_at=time.time(),
         )
     assert error is not None
     return Result(
@@ -274,6 +276,7 @@ def to_result(request: Request, attempt: Attempt, attempts: int) -> Result:
         http_status=attempt.http_status or error.http_status,
         error_type=error.error_type,
         error_message=error.message,
+        finished_at=time.time(),
     )
 
 
@@ -288,4 +291,5 @@ def error_result(request: Request, error_type: str, message: str) -> Result:
         request_hash=request.request_hash or None,
         error_type=error_type,
         error_message=message,
+        finished_at=time.time(),
     )

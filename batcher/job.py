@@ -154,7 +154,7 @@ class Job:
             found = await asyncio.to_thread(self.scan, base_url)
             job_dir = job_dir_for(output)
             done = await asyncio.to_thread(self._resume_index, output, job_dir, base_url)
-            prepare_job_dir(job_dir, spec)
+            prepare_job_dir(job_dir, spec, found)
             self.engine = Engine(self.endpoint(base_url), engine_settings(spec))
             if self.interrupted:
                 self.engine.stop("interrupted")
@@ -358,10 +358,22 @@ def check_writable(output: Path) -> None:
         raise UsageError(f"{output}: the directory {parent} is not writable")
 
 
-def prepare_job_dir(job_dir: Path, spec: JobSpec) -> None:
+def prepare_job_dir(job_dir: Path, spec: JobSpec, found: InputScan) -> None:
+    """The job's settings (never a key) and size, for `batcher status` and for people."""
     job_dir.mkdir(exist_ok=True)
-    settings = {"version": __version__, "settings": spec.settings()}
-    (job_dir / "job.json").write_text(json.dumps(settings, indent=2, default=str))
+    info = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started": iso(time.time()),
+        "rows": found.rows,
+        "requests": found.requests,
+        "models": list(found.per_model),
+        "per_model": {model: count.requests for model, count in found.per_model.items()},
+        "settings": spec.settings(),
+    }
+    tmp = job_dir / ".job.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    tmp.replace(job_dir / "job.json")
 
 
 def remove_stale_temporaries(output: Path) -> None:

@@ -47,12 +47,14 @@ OUTPUT_SCHEMA = pa.schema(
         ("request_hash", pa.string()),
         ("search_results", pa.string()),
         ("warning", pa.string()),
+        ("cached", pa.bool_()),
     ]
 )
 # A result's key is (_row, model, sample): the model by name, so a model list edited between
 # runs does not shuffle earlier results.
 KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("sample", pa.int32())])
-PART_SCHEMA = pa.schema([*KEY_SCHEMA, *OUTPUT_SCHEMA])
+# Parts also record when each result was known, for `batcher status`.
+PART_SCHEMA = pa.schema([*KEY_SCHEMA, *OUTPUT_SCHEMA, ("_done_at", pa.float64())])
 OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"}
 
 
@@ -76,6 +78,8 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         cols["error_type"].append(r.error_type)
         cols["error_message"].append(r.error_message)
         cols["request_hash"].append(r.request_hash)
+        cols["cached"].append(r.cached)
+        cols["_done_at"].append(r.finished_at)
         if reply is None:
             for name in REPLY_FIELDS:
                 cols[name].append(None)

@@ -106,6 +106,8 @@ class Result:
     usage: Usage = field(default_factory=Usage)  # summed over every billed reply
     error_type: str | None = None
     error_message: str | None = None
+    cached: bool = False  # reused from the response cache: nothing was sent
+    finished_at: float | None = None  # unix time the result was known
 
     @property
     def ok(self) -> bool:
