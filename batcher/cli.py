@@ -141,6 +141,11 @@ def main() -> None:
     is_flag=True,
     help="Send again only the requests whose earlier result is an error.",
 )
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Response cache directory, shared by jobs [env: BATCHER_CACHE].",
+)
 @click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,11 +26,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from batcher import __version__
+from batcher.cache import ResponseCache
 from batcher.engine import Engine, EngineSettings
 from batcher.errors import UsageError
-from batcher.inputs import RowBatch, read_batches
+from batcher.inputs import RowBatch, read_batches, to_arrow
 from batcher.providers import Endpoint, read_key, resolve_provider
-from batcher.requests import InputScan, RequestSpec, iter_requests, scan, to_arrow
+from batcher.requests import InputScan, RequestSpec, iter_requests, scan
 from batcher.results import (
     Assembler,
     PartWriter,
@@ -73,9 +74,10 @@ class DryRun:
 ProgressCallback = Callable[[Progress], None]
 
 
-def request_spec(spec: JobSpec, base_url: str) -> RequestSpec:
+def request_spec(spec: JobSpec, base_url: str, default_model: str | None = None) -> RequestSpec:
+    models = spec.models or ((default_model,) if default_model else ())
     return RequestSpec(
-        models=spec.models,
+        models=models,
         params=spec.body_params(),
         system=spec.system,
         template=spec.template,
@@ -112,6 +114,7 @@ class Job:
         )
         self._key = read_key(self.provider, spec.api_key_file)
         self.engine: Engine | None = None
+        self.cache: ResponseCache | None = None
         self.interrupted = False
 
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -124,7 +127,11 @@ class Job:
         return Endpoint(base_url, self.provider.auth_header, self._key)
 
     def scan(self, base_url: str) -> InputScan:
-        return scan(request_spec(self.spec, base_url), self.spec.input, limit=self.spec.limit)
+        return scan(
+            request_spec(self.spec, base_url, self.provider.default_model),
+            self.spec.input,
+            limit=self.spec.limit,
+        )
 
     async def dry_run(self, count: int = 3) -> DryRun:
         base_url = self.provider.base_url or "http://127.0.0.1:PORT/v1"
@@ -155,7 +162,12 @@ class Job:
             job_dir = job_dir_for(output)
             done = await asyncio.to_thread(self._resume_index, output, job_dir, base_url)
             prepare_job_dir(job_dir, spec, found)
-            self.engine = Engine(self.endpoint(base_url), engine_settings(spec))
+            cache = None
+            if spec.cache is not None:
+                cache = ResponseCache(spec.cache)
+                stack.callback(cache.close)
+            self.cache = cache
+            self.engine = Engine(self.endpoint(base_url), engine_settings(spec), known=cache)
             if self.interrupted:
                 self.engine.stop("interrupted")
             tally = await self._send(job_dir, base_url, found, done)
@@ -221,30 +233,44 @@ class Job:
             if not done_index.is_done(r, retry_errors=retry_errors)
         )
         results = self.engine.run(todo)
+        fresh: list[Result] = []  # sent this run, for the response cache
+
+        def flush() -> Awaitable[object]:
+            if self.cache is not None:
+                self.cache.put(fresh)
+                fresh.clear()
+            return asyncio.to_thread(writer.flush)
+
         try:
             async for result in results:
                 writer.add(result)
+                if self.cache is not None:
+                    fresh.append(result)
                 done += 1
                 ok += result.ok
                 prompt += result.usage.prompt_tokens
                 completion += result.usage.completion_tokens
                 now = time.monotonic()
                 if writer.pending >= flush_rows or now - last_flush >= flush_seconds:
-                    await asyncio.to_thread(writer.flush)
+                    await flush()
                     last_flush = now
                 if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
                     last_progress = now
                     self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
         finally:
             await results.aclose()
-            await asyncio.to_thread(writer.flush)
+            await flush()
         if self.progress is not None:
             self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
         return counts
 
     def _requests(self, base_url: str) -> Iterator[Request]:
         batches = read_batches(self.spec.input, limit=self.spec.limit)
-        return iter_requests(request_spec(self.spec, base_url), batches, str(self.spec.input))
+        return iter_requests(
+            request_spec(self.spec, base_url, self.provider.default_model),
+            batches,
+            str(self.spec.input),
+        )
 
     def _groups(self, base_url: str, found: InputScan) -> Iterator[RequestGroup]:
         """The input again, batch by batch, with each batch's requests and kept columns."""
@@ -263,7 +289,7 @@ class Job:
             return RequestGroup(batch.start, batch.start + len(batch.rows), columns, requests)
 
         pending: list[Request] = []
-        spec = request_spec(self.spec, base_url)
+        spec = request_spec(self.spec, base_url, self.provider.default_model)
         for request in iter_requests(spec, tap(), str(self.spec.input)):
             while request.row_index >= seen[0].start + len(seen[0].rows):
                 yield group(seen.popleft(), pending)

@@ -29,13 +29,16 @@ class Provider:
     auth_header: str
     key_env: str | None
     key_required: bool = True
+    default_model: str | None = None  # used when neither -m nor the row names a model
 
 
 PRESETS: dict[str, Provider] = {
     "octen": Provider("octen", "https://api.octen.ai/v1", X_API_KEY, "OCTEN_API_KEY"),
     "octopusx": Provider("octopusx", "https://octopusx.ai/v1", BEARER, "OCTOPUSX_API_KEY"),
     "openai": Provider("openai", "https://api.openai.com/v1", BEARER, "OPENAI_API_KEY"),
-    "mock": Provider("mock", None, BEARER, "BATCHER_MOCK_API_KEY", key_required=False),
+    "mock": Provider(
+        "mock", None, BEARER, "BATCHER_MOCK_API_KEY", key_required=False, default_model="mock-1"
+    ),
     # any other OpenAI-compatible server: --base-url, key optional unless --api-key-env
     "custom": Provider("custom", None, BEARER, None, key_required=False),
 }
@@ -98,6 +101,7 @@ def resolve_provider(
         auth_header=auth_header or preset.auth_header,
         key_env=api_key_env or preset.key_env,
         key_required=preset.key_required or api_key_env is not None,
+        default_model=preset.default_model,
     )
 
 

@@ -43,7 +43,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("error_message", pa.string()),
         ("response_id", pa.string()),
         ("response_model", pa.string()),
-        ("created", pa.timestamp("s", tz="UTC")),
+        ("created", pa.timestamp("ms", tz="UTC")),
         ("request_hash", pa.string()),
         ("search_results", pa.string()),
         ("warning", pa.string()),
@@ -113,13 +113,13 @@ REPLY_FIELDS = (
 
 def results_table(results: Iterable[Result]) -> pa.Table:
     cols = result_columns(results)
-    arrays = [pa.array(cols[f.name], type=_storage_type(f.type)) for f in PART_SCHEMA]
-    arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, PART_SCHEMA)]
+    arrays = [pa.array(cols[f.name], type=_value_type(f.type)).cast(f.type) for f in PART_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 
 
-def _storage_type(t: pa.DataType) -> pa.DataType:
-    return pa.int64() if pa.types.is_timestamp(t) else t
+def _value_type(t: pa.DataType) -> pa.DataType:
+    """The type of the Python values: `created` holds unix seconds."""
+    return pa.timestamp("s", tz="UTC") if pa.types.is_timestamp(t) else t
 
 
 class PartWriter:

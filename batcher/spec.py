@@ -54,6 +54,7 @@ class JobSpec:
     keep_job_dir: bool = False
     fresh: bool = False  # drop earlier results of this OUT and start over
     retry_errors: bool = False  # send again the requests whose earlier result was an error
+    cache: Path | None = None  # response cache directory shared across jobs
     dry_run: bool = False
 
     def __post_init__(self) -> None:
@@ -120,7 +121,7 @@ def make_spec(**options: Any) -> JobSpec:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}")
-    for name in ("input", "output", "api_key_file"):
+    for name in ("input", "output", "api_key_file", "cache"):
         if options.get(name) is not None:
             options[name] = Path(options[name])
     for name in ("models", "stop"):

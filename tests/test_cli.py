@@ -35,7 +35,7 @@ OUTPUT_TYPES = {
     "error_message": pa.string(),
     "response_id": pa.string(),
     "response_model": pa.string(),
-    "created": pa.timestamp("s", tz="UTC"),
+    "created": pa.timestamp("ms", tz="UTC"),
     "request_hash": pa.string(),
     "search_results": pa.string(),
     "warning": pa.string(),
@@ -78,7 +78,7 @@ def test_every_reader_reads_the_output(cli, tmp_path):
     assert cli("run", SAMPLE / "questions.jsonl", "-o", out, "-q").exit_code == 0
     assert len(pd.read_parquet(out)) == 40
     assert pl.read_parquet(out).height == 40
-    assert duckdb.sql(f"select count(*) from '{out}'").fetchone()[0] == 40
+    assert duckdb.sql(f"select count(*) from '{out}'").fetchall() == [(40,)]
 
 
 def test_metadata_holds_settings_and_counts(cli, tmp_path):
@@ -315,10 +315,14 @@ def test_bad_input_one_line_exit_2_nothing_sent(cli, api, tmp_path, name, conten
 def test_template_errors(cli, api, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, {"txt": "b"}])
     out = tmp_path / "o.parquet"
-    missing = cli("run", data, "-o", out, "--template", "Say {text}", "--base-url", api.url)
+    missing = cli(
+        "run", data, "-o", out, "--template", "Say {text}", "--base-url", api.url, "-m", "m"
+    )
     assert missing.exit_code == 2
     assert "line 2: template field 'text' names no column" in missing.stderr
-    evil = cli("run", data, "-o", out, "--template", "{text.__class__}", "--base-url", api.url)
+    evil = cli(
+        "run", data, "-o", out, "--template", "{text.__class__}", "--base-url", api.url, "-m", "m"
+    )
     assert evil.exit_code == 2
     assert "not allowed" in evil.stderr and len(evil.stderr.splitlines()) == 1
     assert api.log == [] and not out.exists()
@@ -375,6 +379,8 @@ def test_bad_key_stops_early_and_keeps_the_job(cli, make_api, tmp_path, monkeypa
         api.url,
         "--api-key-env",
         "MY_KEY",
+        "-m",
+        "m",
         "-c",
         "2",
     )
