@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -115,6 +114,7 @@ class Job:
         self._key = read_key(self.provider, spec.api_key_file)
         self.engine: Engine | None = None
         self.cache: ResponseCache | None = None
+        self.already_done = 0  # requests finished by earlier runs
         self.interrupted = False
 
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -160,7 +160,9 @@ class Job:
                 base_url = server.url
             found = await asyncio.to_thread(self.scan, base_url)
             job_dir = job_dir_for(output)
-            done = await asyncio.to_thread(self._resume_index, output, job_dir, base_url)
+            done, self.already_done = await asyncio.to_thread(
+                self._resume_index, output, job_dir, base_url
+            )
             prepare_job_dir(job_dir, spec, found)
             cache = None
             if spec.cache is not None:
@@ -187,34 +189,36 @@ class Job:
                 output, found, final, started, stop_reason, job_dir if keep else None
             )
 
-    def _resume_index(self, output: Path, job_dir: Path, base_url: str) -> DoneIndex:
-        """Earlier results of this OUT (its job directory, else OUT itself), checked
-        against the requests this run would make; a mismatch stops the job (exit 2)."""
+    def _resume_index(self, output: Path, job_dir: Path, base_url: str) -> tuple[DoneIndex, int]:
+        """Earlier results of this OUT (its job directory, else OUT itself), checked against
+        the requests this run would make, and how many of those are done already. A
+        mismatch stops the job (exit 2) unless --fresh."""
         remove_stale_temporaries(output)
         if self.spec.fresh:
             shutil.rmtree(job_dir, ignore_errors=True)
-            return DoneIndex.empty()
+            return DoneIndex.empty(), 0
         imported = False
         if not job_dir.exists() and output.exists():
             job_dir.mkdir()
             imported = import_output(output, job_dir) > 0
         if not job_dir.exists():
-            return DoneIndex.empty()
-        done = load_index(job_dir)
-        if not len(done):
-            return done
-        changed = list(itertools.islice(done.mismatches(self._requests(base_url)), 1))
-        if changed:
+            return DoneIndex.empty(), 0
+        index = load_index(job_dir)
+        if not len(index):
+            return index, 0
+        requests = self._requests(base_url)
+        done, changed = index.compare(requests, retry_errors=self.spec.retry_errors)
+        if changed is not None:
             if imported:
                 shutil.rmtree(job_dir, ignore_errors=True)
-            first = changed[0]
             source = output if imported else job_dir
             raise UsageError(
                 f"{source}: earlier results were made from a different input or settings "
-                f"(first: row {first.row_index}, id {first.row_id!r}, model {first.model!r}); "
-                "run with --fresh to start over, or restore the earlier input and options"
+                f"(first: row {changed.row_index}, id {changed.row_id!r}, model "
+                f"{changed.model!r}); run with --fresh to start over, or restore the earlier "
+                "input and options"
             )
-        return done
+        return index, done
 
     async def _send(
         self, job_dir: Path, base_url: str, found: InputScan, done_index: DoneIndex
@@ -226,6 +230,7 @@ class Job:
         done = ok = prompt = completion = 0
         last_flush = last_progress = time.monotonic()
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
+        total = found.requests - self.already_done  # what this run has to do
         retry_errors = self.spec.retry_errors
         todo = (
             r
@@ -256,12 +261,12 @@ class Job:
                     last_flush = now
                 if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
                     last_progress = now
-                    self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
+                    self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         finally:
             await results.aclose()
             await flush()
         if self.progress is not None:
-            self.progress(Progress(done, found.requests, ok, done - ok, prompt, completion))
+            self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         return counts
 
     def _requests(self, base_url: str) -> Iterator[Request]:
@@ -353,6 +358,8 @@ class Job:
             latency_p95=tally.latency.percentile(0.95),
             wall_s=time.time() - started,
             sent=self.engine.sent,
+            resumed=self.already_done,
+            cache_hits=self.cache.hits if self.cache is not None else 0,
             stop_reason=stop_reason,
             interrupted=self.interrupted,
             job_dir=job_dir,

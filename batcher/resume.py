@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,12 +91,20 @@ class DoneIndex:
         i = self.find(request_key(request))
         return i >= 0 and (bool(self.ok[i]) or not retry_errors)
 
-    def mismatches(self, requests: Iterable[Request]) -> Iterator[Request]:
-        """Requests whose durable result was made from a different input row or settings."""
+    def compare(
+        self, requests: Iterable[Request], *, retry_errors: bool = False
+    ) -> tuple[int, Request | None]:
+        """How many requests are already done, and the first whose durable result was
+        made from a different input row or settings (None when all match)."""
+        done = 0
         for request in requests:
             i = self.find(request_key(request))
-            if i >= 0 and self.prints[i] != request_print(request):
-                yield request
+            if i < 0:
+                continue
+            if self.prints[i] != request_print(request):
+                return done, request
+            done += bool(self.ok[i]) or not retry_errors
+        return done, None
 
 
 def healthy_parts(job_dir: Path) -> list[Path]:

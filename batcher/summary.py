@@ -35,6 +35,8 @@ class JobSummary:
     latency_p95: float | None
     wall_s: float
     sent: int  # HTTP attempts made by this run
+    resumed: int = 0  # requests already done by earlier runs of this OUT
+    cache_hits: int = 0  # requests answered from the response cache
     stop_reason: str | None = None
     interrupted: bool = False
     job_dir: Path | None = None
@@ -62,6 +64,8 @@ class JobSummary:
             "latency_p95": self.latency_p95,
             "wall_s": round(self.wall_s, 3),
             "sent": self.sent,
+            "resumed": self.resumed,
+            "cache_hits": self.cache_hits,
             "stop_reason": self.stop_reason,
         }
 
@@ -168,6 +172,11 @@ def render(summary: JobSummary) -> list[str]:
         )
     else:
         lines.append(f"wall time {summary.wall_s:.1f}s")
+    if summary.resumed or summary.cache_hits:
+        lines.append(
+            f"this run sent {summary.sent} HTTP requests; {summary.resumed} results were done "
+            f"by earlier runs, {summary.cache_hits} came from the cache"
+        )
     if summary.stop_reason:
         lines.append(f"stopped early: {summary.stop_reason}")
     if summary.output:

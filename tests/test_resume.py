@@ -374,3 +374,39 @@ def test_status_of_a_running_job_then_a_finished_one(cli, make_api, tmp_path):
     finished = json.loads(cli("status", out, "--json").stdout)
     assert (finished["state"], finished["done"], finished["ok"]) == ("finished", 400, 400)
     assert cli("status", tmp_path / "nope.parquet").exit_code == 2
+
+
+def test_second_ctrl_c_exits_at_once_and_durable_results_stay(make_api, tmp_path):
+    api = make_api(latency=3.0)
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(200))
+    out = tmp_path / "out.parquet"
+    args = [
+        data,
+        "-o",
+        out,
+        "--base-url",
+        api.url,
+        "-m",
+        "mock-1",
+        "-c",
+        "50",
+        "--flush-seconds",
+        "0.1",
+        "-q",
+    ]
+    proc = Job(args, tmp_path)
+    wait_for(
+        lambda: Path(f"{out}.batcher").is_dir() and durable_count(Path(f"{out}.batcher")) >= 50
+    )
+    wait_for(lambda: len(api.log) >= 100)  # a second wave is in flight, 3 s from done
+    durable = durable_count(Path(f"{out}.batcher"))
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 130
+    assert time.monotonic() - started < 2.5
+    assert "Traceback" not in proc.stderr
+    assert durable_count(Path(f"{out}.batcher")) >= durable
+    assert Job(args, tmp_path).wait(timeout=60) == 0
+    assert len(ids_and_models(out)) == 200
