@@ -64,8 +64,14 @@ def main() -> None:
 
 
 @main.command(context_settings={"auto_envvar_prefix": "BATCHER"})
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file.")
+@click.option(
+    "--job",
+    "job_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML job file with any of these options; the command line overrides it.",
+)
 @click.option("-m", "--model", "models", multiple=True, help="Model; repeat for several.")
 @click.option("--temperature", type=float)
 @click.option("--top-p", type=float)
@@ -73,6 +79,19 @@ def main() -> None:
 @click.option("--seed", type=int)
 @click.option("--stop", multiple=True, help="Stop sequence; repeatable.")
 @click.option("--json", "json_mode", is_flag=True, help="response_format json_object.")
+@click.option(
+    "--schema",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON Schema of the reply: sent as a strict json_schema response_format, "
+    "replies validated, one typed column per property.",
+)
+@click.option(
+    "--reask",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Re-ask a reply that is not valid JSON / breaks the schema up to N times.",
+)
 @click.option(
     "--param",
     "params",
@@ -84,6 +103,11 @@ def main() -> None:
 @click.option("--system-file", type=click.Path(dir_okay=False), help="System message file.")
 @click.option("--template", help='User message template, e.g. "Classify: {text}".')
 @click.option("--template-file", type=click.Path(dir_okay=False), help="Template file.")
+@click.option(
+    "--messages-template",
+    type=click.Path(dir_okay=False),
+    help="JSON list of messages (few-shot) whose contents are templates.",
+)
 @click.option("--prompt-column", default="prompt", show_default=True)
 @click.option("--messages-column", default="messages", show_default=True)
 @click.option("--id-column", help="Row id column [default: id, else custom_id, else row number]")
@@ -149,15 +173,16 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
-def run(**opts: Any) -> None:
+@click.pass_context
+def run(ctx: click.Context, **opts: Any) -> None:
     """Send every row of INPUT (.jsonl, .parquet or .csv) to the API; write OUT.parquet."""
     setup_logging(opts.pop("verbose"))
     quiet = opts.pop("quiet")
-    options = run_options(opts)
     from batcher.job import Job
     from batcher.spec import make_spec
 
     try:
+        options = run_options(with_job_file(ctx, opts))
         spec = make_spec(**options)
         job = Job(spec)
         if spec.dry_run:
@@ -169,9 +194,29 @@ def run(**opts: Any) -> None:
     sys.exit(code)
 
 
+def with_job_file(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options of `--job FILE`, overridden by what the command line (or env) set."""
+    path = opts.pop("job_file")
+    if path is None:
+        opts["model_limits"] = {}
+        return opts
+    from batcher.jobfile import load_job_file, merge
+
+    job = load_job_file(path, ctx.command)
+    sources = {name: ctx.get_parameter_source(name) for name in opts}
+    merged = merge(job, opts, sources)
+    merged["model_limits"] = job.model_limits
+    return merged
+
+
 def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Click's values as `make_spec` keywords."""
-    opts["params"] = dict(parse_param(p) for p in opts["params"])
+    if opts["input"] is None:
+        raise CliError("missing INPUT: give the input file, or `input` in the --job file")
+    params = opts["params"]
+    if not isinstance(params, dict):
+        params = dict(parse_param(p) for p in params)
+    opts["params"] = params
     opts["json"] = opts.pop("json_mode")
     system_file = read_text_option(opts.pop("system_file"), "--system-file")
     template_file = read_text_option(opts.pop("template_file"), "--template-file")

@@ -26,7 +26,8 @@ from batcher.errors import AttemptError
 from batcher.limits import ConcurrencyLimit, RateLimiter
 from batcher.providers import Endpoint
 from batcher.retry import RetryPolicy, with_retries
-from batcher.types import ErrorType, Request, Result, Status
+from batcher.structured import ReplyValidator, Validators
+from batcher.types import ErrorType, Request, Result, Status, Usage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class EngineSettings:
     stop_after_fatal: int = 20  # job-fatal errors in a row (bad key, no quota) that stop the job
     max_body_bytes: int = 64 * 1024 * 1024
     completion_allowance: int = 256  # tokens charged for a reply when a request has no max_tokens
+    reask: int = 2  # re-asks of a structured reply that is not valid JSON or breaks its schema
 
 
 class ResultSource(Protocol):
@@ -84,6 +86,7 @@ class Engine:
             for model, limits in self.settings.model_limits.items()
         }
         self._cap = ConcurrencyLimit(self.settings.concurrency)
+        self._validators = Validators()
         self._client: Client | None = None
         self._fatal_streak = 0
         self.stop_reason: str | None = None
@@ -175,25 +178,75 @@ class Engine:
             return error_result(request, ErrorType.BAD_INPUT.value, request.bad_input)
         if self._known is not None and (known := self._known.get(request)) is not None:
             return known
-        data = orjson.dumps(request.body)
         charge = request.est_prompt_tokens + (
             request.max_tokens or self.settings.completion_allowance
         )
         limiters = [self._limiter]
         if request.model in self._model_limiters:
             limiters.append(self._model_limiters[request.model])
+        try:
+            attempt, made = await self._complete(request.body, charge, limiters)
+            validator = self._validators.get(request.body)
+            if validator is None or attempt.reply is None:
+                result = to_result(request, attempt, made)
+            else:
+                result = await self._validated(request, attempt, made, validator, charge, limiters)
+        except _Stopped:
+            return None
+        self._track(attempt.error)
+        return result
+
+    async def _complete(
+        self, body: dict, charge: int, limiters: list[RateLimiter]
+    ) -> tuple[Attempt, int]:
+        """One request to its end: the first attempt, then retries while they may help."""
+        data = orjson.dumps(body)
 
         async def send() -> Attempt:
             return await self._send(data, charge, limiters)
 
-        try:
-            first = await send()
-            attempt, made = await with_retries(send, first, self.settings.retry)
-        except _Stopped:
-            return None
-        result = to_result(request, attempt, made)
-        self._track(attempt.error)
-        return result
+        first = await send()
+        return await with_retries(send, first, self.settings.retry)
+
+    async def _validated(
+        self,
+        request: Request,
+        attempt: Attempt,
+        made: int,
+        validator: ReplyValidator,
+        charge: int,
+        limiters: list[RateLimiter],
+    ) -> Result:
+        """Check a structured reply; re-ask with the problem until it is valid or --reask
+        runs out. Every reply is billed, so usage sums over all of them."""
+        messages = list(request.body["messages"])
+        usage = Usage()
+        reasks = 0
+        while True:
+            reply = attempt.reply
+            assert reply is not None
+            usage = usage + reply.usage
+            check = validator.check(reply.content, reply.finish_reason)
+            if check.problem is None:
+                return to_result(
+                    request, attempt, made, usage=usage, reasks=reasks, parsed=check.value
+                )
+            if reasks >= self.settings.reask:
+                return to_result(
+                    request, attempt, made, usage=usage, reasks=reasks, invalid=check.problem
+                )
+            reasks += 1
+            messages += [
+                {"role": "assistant", "content": reply.content or ""},
+                validator.reask_message(check),
+            ]
+            retry, more = await self._complete(
+                {**request.body, "messages": messages}, charge, limiters
+            )
+            made += more
+            if retry.reply is None:  # the re-ask itself failed: the row ends in that error
+                return to_result(request, retry, made, usage=usage, reasks=reasks)
+            attempt = retry
 
     async def _send(self, data: bytes, charge: int, limiters: list[RateLimiter]) -> Attempt:
         for limiter in limiters:
@@ -255,39 +308,57 @@ def new_session(settings: EngineSettings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, raise_for_status=False)
 
 
-def to_result(request: Request, attempt: Attempt, attempts: int) -> Result:
+def to_result(
+    request: Request,
+    attempt: Attempt,
+    attempts: int,
+    *,
+    usage: Usage | None = None,
+    reasks: int = 0,
+    parsed: dict | None = None,
+    invalid: str | None = None,
+) -> Result:
+    """The output row for a request's last attempt (and, for structured output, its checks)."""
     reply, error = attempt.reply, attempt.error
-    if reply is not None:
+    common = {
+        "row_index": request.row_index,
+        "model_index": request.model_index,
+        "sample": request.sample,
+        "id": request.row_id,
+        "model": request.model,
+        "request_hash": request.request_hash,
+        "attempts": attempts,
+        "latency_s": attempt.latency_s,
+        "reasks": reasks,
+        "finished_at": time.time(),
+    }
+    if reply is not None and invalid is None:
         return Result(
-            row_index=request.row_index,
-            model_index=request.model_index,
-            sample=request.sample,
-            id=request.row_id,
-            model=request.model,
             status=Status.OK,
-            request_hash=request.request_hash,
-            attempts=attempts,
-            latency_s=attempt.latency_s,
             http_status=attempt.http_status,
             reply=reply,
-            usage=reply.usage,
-            finished_at=time.time(),
+            usage=usage or reply.usage,
+            parsed=parsed,
+            **common,
+        )
+    if reply is not None:  # answered, but never valid: keep the last raw reply
+        return Result(
+            status=Status.ERROR,
+            http_status=attempt.http_status,
+            reply=reply,
+            usage=usage or reply.usage,
+            error_type=ErrorType.INVALID_OUTPUT.value,
+            error_message=invalid,
+            **common,
         )
     assert error is not None
     return Result(
-        row_index=request.row_index,
-        model_index=request.model_index,
-        sample=request.sample,
-        id=request.row_id,
-        model=request.model,
         status=Status.ERROR,
-        request_hash=request.request_hash,
-        attempts=attempts,
-        latency_s=attempt.latency_s,
         http_status=attempt.http_status or error.http_status,
+        usage=usage or Usage(),
         error_type=error.error_type,
         error_message=error.message,
-        finished_at=time.time(),
+        **common,
     )
 
 

@@ -26,21 +26,29 @@ import pyarrow as pa
 
 from batcher import __version__
 from batcher.cache import ResponseCache
-from batcher.engine import Engine, EngineSettings
+from batcher.engine import Engine, EngineSettings, ModelLimits
 from batcher.errors import UsageError
 from batcher.inputs import RowBatch, read_batches, to_arrow
 from batcher.providers import Endpoint, read_key, resolve_provider
-from batcher.requests import InputScan, RequestSpec, iter_requests, scan
+from batcher.requests import (
+    InputScan,
+    RequestSpec,
+    iter_requests,
+    load_messages_template,
+    scan,
+)
 from batcher.results import (
+    OUTPUT_NAMES,
     Assembler,
+    Layout,
     PartWriter,
     RequestGroup,
-    output_schema,
     write_output,
 )
 from batcher.resume import DoneIndex, import_output, load_index
 from batcher.retry import RetryPolicy
 from batcher.spec import KEEP_ALL, KEEP_NONE, JobSpec
+from batcher.structured import arrow_fields, load_schema, response_format
 from batcher.summary import JobSummary, Tally
 from batcher.types import Request, Result
 
@@ -73,21 +81,6 @@ class DryRun:
 ProgressCallback = Callable[[Progress], None]
 
 
-def request_spec(spec: JobSpec, base_url: str, default_model: str | None = None) -> RequestSpec:
-    models = spec.models or ((default_model,) if default_model else ())
-    return RequestSpec(
-        models=models,
-        params=spec.body_params(),
-        system=spec.system,
-        template=spec.template,
-        prompt_column=spec.prompt_column,
-        messages_column=spec.messages_column,
-        id_column=spec.id_column,
-        base_url=base_url,
-        on_bad_row=spec.on_bad_row,
-    )
-
-
 def engine_settings(spec: JobSpec) -> EngineSettings:
     return EngineSettings(
         concurrency=spec.concurrency,
@@ -95,6 +88,11 @@ def engine_settings(spec: JobSpec) -> EngineSettings:
         retry=RetryPolicy(max_retries=spec.max_retries),
         rpm=spec.rpm,
         tpm=spec.tpm,
+        model_limits={
+            model: ModelLimits(limits.get("rpm"), limits.get("tpm"))
+            for model, limits in spec.model_limits.items()
+        },
+        reask=spec.reask,
     )
 
 
@@ -112,6 +110,10 @@ class Job:
             spec.provider, spec.base_url, spec.auth_header, spec.api_key_env
         )
         self._key = read_key(self.provider, spec.api_key_file)
+        self.schema = load_schema(spec.schema) if spec.schema is not None else None
+        self.conversation = (
+            load_messages_template(spec.messages_template) if spec.messages_template else None
+        )
         self.engine: Engine | None = None
         self.cache: ResponseCache | None = None
         self.already_done = 0  # requests finished by earlier runs
@@ -126,12 +128,31 @@ class Job:
     def endpoint(self, base_url: str) -> Endpoint:
         return Endpoint(base_url, self.provider.auth_header, self._key)
 
-    def scan(self, base_url: str) -> InputScan:
-        return scan(
-            request_spec(self.spec, base_url, self.provider.default_model),
-            self.spec.input,
-            limit=self.spec.limit,
+    def request_spec(self, base_url: str) -> RequestSpec:
+        spec = self.spec
+        params = spec.body_params()
+        if self.schema is not None:
+            params.setdefault("response_format", response_format(self.schema, spec.schema.stem))
+        default = self.provider.default_model
+        return RequestSpec(
+            models=spec.models or ((default,) if default else ()),
+            params=params,
+            system=spec.system,
+            template=spec.template,
+            messages_template=self.conversation,
+            prompt_column=spec.prompt_column,
+            messages_column=spec.messages_column,
+            id_column=spec.id_column,
+            base_url=base_url,
+            on_bad_row=spec.on_bad_row,
         )
+
+    @property
+    def structured(self) -> bool:
+        return self.schema is not None or self.spec.json
+
+    def scan(self, base_url: str) -> InputScan:
+        return scan(self.request_spec(base_url), self.spec.input, limit=self.spec.limit)
 
     async def dry_run(self, count: int = 3) -> DryRun:
         base_url = self.provider.base_url or "http://127.0.0.1:PORT/v1"
@@ -272,7 +293,7 @@ class Job:
     def _requests(self, base_url: str) -> Iterator[Request]:
         batches = read_batches(self.spec.input, limit=self.spec.limit)
         return iter_requests(
-            request_spec(self.spec, base_url, self.provider.default_model),
+            self.request_spec(base_url),
             batches,
             str(self.spec.input),
         )
@@ -294,7 +315,7 @@ class Job:
             return RequestGroup(batch.start, batch.start + len(batch.rows), columns, requests)
 
         pending: list[Request] = []
-        spec = request_spec(self.spec, base_url, self.provider.default_model)
+        spec = self.request_spec(base_url)
         for request in iter_requests(spec, tap(), str(self.spec.input)):
             while request.row_index >= seen[0].start + len(seen[0].rows):
                 yield group(seen.popleft(), pending)
@@ -316,8 +337,14 @@ class Job:
         """Write OUT from the parts and the input, in input order; count as it goes."""
         keep = kept_columns(self.spec.keep_columns, found)
         kept = None if keep is None else pa.schema([found.schema.field(n) for n in keep])
-        schema = output_schema(kept, with_sample=False)
-        assembler = Assembler(job_dir, schema, not_sent_reason=reason)
+        taken = set(OUTPUT_NAMES) | set(kept.names if kept is not None else ())
+        layout = Layout(
+            input_schema=kept,
+            structured=self.structured,
+            typed=tuple(arrow_fields(self.schema, taken)) if self.schema is not None else (),
+        )
+        schema = layout.schema()
+        assembler = Assembler(job_dir, layout, not_sent_reason=reason)
         tally = Tally()
 
         def tables() -> Iterator[pa.Table]:

@@ -3,8 +3,10 @@
 Replies are derived from the request body alone (same body, same reply), so runs against
 the mock are reproducible. Faults come from two places:
 
-* directives in a message, ``[[mock:KIND]]`` or ``[[mock:KINDxN]]`` (the first N attempts
-  of that exact body fail with KIND), with optional ``:retry=SECONDS`` for retry headers;
+* directives in a message, ``[[mock:KIND]]`` or ``[[mock:KINDxN]]`` (the first N requests
+  carrying that message to that model fail with KIND: retries of the body, and re-asks that
+  extend the conversation, share the count), with optional ``:retry=SECONDS`` for retry
+  headers;
 * ``MockConfig.fail_rate``: a seeded random share of attempts fails with a kind drawn
   from ``MockConfig.faults``.
 
@@ -115,6 +117,11 @@ _REPLY_KINDS = frozenset(
         "refusal",
         "toolcall",
         "reasoning",
+        # structured-output faults: the reply breaks the requested JSON in a known way
+        "fenced",  # the JSON inside a Markdown code fence
+        "prose",  # the JSON with prose before and after
+        "notjson",  # plain text instead of JSON
+        "badschema",  # a JSON object missing one of its properties
     }
 )
 # Kinds handled by the slow path (they wait or write a stream).
@@ -839,7 +846,27 @@ def _alter_message(req: _Req, fault: str, message: dict, finish: str) -> tuple[s
         return content, finish, max(1, len(reasoning) // 4)
     if fault == "invalid_utf8":
         message["content"] = content = _UTF8_MARK + content
+    if fault in _STRUCTURED_FAULTS:
+        message["content"] = content = _STRUCTURED_FAULTS[fault](content)
     return content, finish, 0
+
+
+def _drop_first_property(content: str) -> str:
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return "{" + content
+    if isinstance(value, dict) and value:
+        value.pop(next(iter(value)))
+    return json.dumps(value)
+
+
+_STRUCTURED_FAULTS: dict[str, Callable[[str], str]] = {
+    "fenced": lambda c: f"```json\n{c}\n```",
+    "prose": lambda c: f"Sure! Here is the JSON you asked for:\n{c}\nLet me know if you need more.",
+    "notjson": lambda c: "I think this one is positive, mostly about quality.",
+    "badschema": _drop_first_property,
+}
 
 
 def _reply_fault_response(req: _Req, fault: str, style: str) -> web.Response:
@@ -1046,7 +1073,9 @@ class _State:
     def pick_fault(self, req: _Req, directives: list[_Directive]) -> tuple[str | None, Any]:
         """(fault kind, retry seconds or "random") from directives, then from fail_rate."""
         if directives:
-            used = self.counters.setdefault(req.key, [0] * len(directives))
+            carriers = [t for t in req.texts if _DIRECTIVE_MARK.decode() in t]
+            key = "\0".join([req.model or "", *carriers])
+            used = self.counters.setdefault(key, [0] * len(directives))
             for i, directive in enumerate(directives):
                 if directive.count is None or used[i] < directive.count:
                     used[i] += 1

@@ -27,6 +27,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,8 @@ class RequestSpec:
     base_url: str = ""  # part of the request hash
     on_bad_row: str = "error"  # "error" | "skip"
     samples: int = 1  # requests per (row, model); sample k gets seed + k when seeded
+    # a whole conversation (few-shot) whose message contents are templates over the row
+    messages_template: tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
@@ -275,10 +278,19 @@ class _Builder:
         self.source = source
         self.template = compile_template(spec.template) if spec.template is not None else None
         self.system = compile_template(spec.system, "system") if spec.system else None
+        self.conversation = [
+            (
+                {k: v for k, v in m.items() if k != "content"},
+                compile_template(
+                    str(m.get("content") or ""), f"messages template, message {i + 1}"
+                ),
+            )
+            for i, m in enumerate(spec.messages_template or ())
+        ]
         self.params = {k: v for k, v in spec.params.items() if v is not None}
         self.models: dict[str, int] = {m: i for i, m in enumerate(spec.models)}
         used = {spec.prompt_column, spec.messages_column, spec.id_column}
-        for t in (self.template, self.system):
+        for t in (self.template, self.system, *(t for _, t in self.conversation)):
             used.update(t.fields if t is not None else ())
         self.not_body = frozenset(used)  # columns read as something else, never as body keys
         self._id_hashes: list[int] | None = [] if collect_ids else None
@@ -352,6 +364,9 @@ class _Builder:
 
     def _messages(self, row: dict[str, Any], is_csv: bool) -> list[dict[str, Any]]:
         spec = self.spec
+        if self.conversation:
+            messages = [{**meta, "content": t.render(row)} for meta, t in self.conversation]
+            return self._with_system(messages, row)
         if self.template is not None:
             return self._with_system([{"role": "user", "content": self.template.render(row)}], row)
         mcol, pcol = spec.messages_column, spec.prompt_column
@@ -662,3 +677,22 @@ __all__ = [
     "scan",
     "to_arrow",
 ]
+
+
+def load_messages_template(path: str | os.PathLike[str]) -> tuple[dict[str, Any], ...]:
+    """A JSON list of {role, content} messages whose contents are templates (few-shot)."""
+    source = show_path(path)
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise InputError(f"{source}: {exc.strerror or 'cannot be read'}") from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{source}: invalid JSON: {exc}") from None
+    if not isinstance(data, list) or not data:
+        raise InputError(f"{source}: expected a non-empty JSON list of messages")
+    for i, message in enumerate(data, 1):
+        ok = isinstance(message, dict) and isinstance(message.get("role"), str)
+        if not ok or not isinstance(message.get("content"), str):
+            raise InputError(f"{source}: message {i} needs a string 'role' and 'content'")
+        compile_template(message["content"], f"{source}: message {i}")
+    return tuple(data)

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from batcher.structured import typed_columns
 from batcher.types import ErrorType, Request, Result, Status
 
 OUTPUT_SCHEMA = pa.schema(
@@ -54,8 +56,12 @@ OUTPUT_SCHEMA = pa.schema(
 # runs does not shuffle earlier results.
 KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("sample", pa.int32())])
 # Parts also record when each result was known, for `batcher status`.
-PART_SCHEMA = pa.schema([*KEY_SCHEMA, *OUTPUT_SCHEMA, ("_done_at", pa.float64())])
-OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"}
+# Structured output (--schema / --json) adds these, then one typed column per property.
+STRUCTURED_SCHEMA = pa.schema([("reasks", pa.int32()), ("parsed", pa.string())])
+PART_SCHEMA = pa.schema(
+    [*KEY_SCHEMA, *OUTPUT_SCHEMA, *STRUCTURED_SCHEMA, ("_done_at", pa.float64())]
+)
+OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"} | frozenset(STRUCTURED_SCHEMA.names)
 
 
 def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
@@ -79,6 +85,8 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         cols["error_message"].append(r.error_message)
         cols["request_hash"].append(r.request_hash)
         cols["cached"].append(r.cached)
+        cols["reasks"].append(r.reasks)
+        cols["parsed"].append(None if r.parsed is None else orjson.dumps(r.parsed).decode())
         cols["_done_at"].append(r.finished_at)
         if reply is None:
             for name in REPLY_FIELDS:
@@ -196,21 +204,36 @@ class RequestGroup:
     requests: list[Request]
 
 
-def output_schema(input_schema: pa.Schema | None, *, with_sample: bool) -> pa.Schema:
-    fields = list(OUTPUT_SCHEMA)
-    if with_sample:
-        fields.insert(2, pa.field("sample", pa.int32()))
-    for f in input_schema or []:
-        name = f"input_{f.name}" if f.name in OUTPUT_NAMES else f.name
-        fields.append(pa.field(name, f.type))
-    return pa.schema(fields)
+@dataclass(frozen=True)
+class Layout:
+    """The columns of OUT: results, structured output, typed schema columns, input columns."""
+
+    input_schema: pa.Schema | None = None
+    with_sample: bool = False
+    structured: bool = False
+    typed: tuple[tuple[str, str, pa.DataType], ...] = ()  # (property, column, type)
+
+    def input_name(self, name: str) -> str:
+        return f"input_{name}" if name in OUTPUT_NAMES else name
+
+    def schema(self) -> pa.Schema:
+        fields = list(OUTPUT_SCHEMA)
+        if self.with_sample:
+            fields.insert(2, pa.field("sample", pa.int32()))
+        if self.structured:
+            fields += list(STRUCTURED_SCHEMA)
+            fields += [pa.field(column, kind) for _, column, kind in self.typed]
+        for f in self.input_schema or []:
+            fields.append(pa.field(self.input_name(f.name), f.type))
+        return pa.schema(fields)
 
 
 class Assembler:
     """Joins each input batch's requests with their results from the parts, in order."""
 
-    def __init__(self, job_dir: Path, schema: pa.Schema, *, not_sent_reason: str) -> None:
-        self.schema = schema
+    def __init__(self, job_dir: Path, layout: Layout, *, not_sent_reason: str) -> None:
+        self.layout = layout
+        self.schema = layout.schema()
         self.not_sent_reason = not_sent_reason
         files = part_files(job_dir)
         self._dataset = ds.dataset([str(f) for f in files], format="parquet") if files else None
@@ -228,17 +251,20 @@ class Assembler:
                 pos = n_found + len(missing)
                 missing.append(request)
             take.append(pos)
-        results = found.select([*OUTPUT_SCHEMA.names, "sample"])
+        results = found.select([*OUTPUT_SCHEMA.names, "sample", *STRUCTURED_SCHEMA.names])
         if missing:
             filler = results_table(self._not_sent(r) for r in missing)
             results = pa.concat_tables([results, filler.select(results.column_names)])
         out = results.take(pa.array(take, type=pa.int64()))
         columns = {name: out.column(name) for name in out.column_names}
+        if self.layout.typed:
+            parsed = [None if v is None else orjson.loads(v) for v in out["parsed"].to_pylist()]
+            columns.update(typed_columns(parsed, list(self.layout.typed)))
         if group.columns is not None:
             rows = pa.array([r.row_index - group.start for r in group.requests], type=pa.int64())
             inputs = group.columns.take(rows)
             for name, col in zip(inputs.column_names, inputs.columns):
-                columns[f"input_{name}" if name in OUTPUT_NAMES else name] = col
+                columns[self.layout.input_name(name)] = col
         return pa.Table.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
 
     def _results(self, start: int, stop: int) -> pa.Table:

@@ -26,9 +26,12 @@ class JobSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json: bool = False
+    schema: Path | None = None  # JSON Schema of the reply object
+    reask: int = 2  # re-asks of a reply that is not valid JSON or breaks the schema
     params: Mapping[str, Any] = field(default_factory=dict)
     system: str | None = None
     template: str | None = None
+    messages_template: Path | None = None
     # input shape
     prompt_column: str = "prompt"
     messages_column: str = "messages"
@@ -48,6 +51,7 @@ class JobSpec:
     max_retries: int = 6
     rpm: float | None = None
     tpm: float | None = None
+    model_limits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # durability
     flush_rows: int = 1000
     flush_seconds: float = 5.0
@@ -64,6 +68,10 @@ class JobSpec:
         check_positive("flush-seconds", self.flush_seconds)
         if self.max_retries < 0:
             raise UsageError("--max-retries must be 0 or more")
+        if self.reask < 0:
+            raise UsageError("--reask must be 0 or more")
+        if self.json and self.schema is not None:
+            raise UsageError("give --json or --schema, not both")
         for name in ("rpm", "tpm", "limit", "max_tokens"):
             value = getattr(self, name)
             if value is not None:
@@ -121,7 +129,7 @@ def make_spec(**options: Any) -> JobSpec:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}")
-    for name in ("input", "output", "api_key_file", "cache"):
+    for name in ("input", "output", "api_key_file", "cache", "schema", "messages_template"):
         if options.get(name) is not None:
             options[name] = Path(options[name])
     for name in ("models", "stop"):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -36,7 +36,13 @@ from urllib.parse import unquote
 import orjson
 import pyarrow as pa
 from jsonschema.exceptions import ValidationError, best_match
-from jsonschema.validators import Draft202012Validator, validator_for
+from jsonschema.validators import (
+    Draft6Validator,
+    Draft7Validator,
+    Draft201909Validator,
+    Draft202012Validator,
+    validator_for,
+)
 
 from batcher.errors import InputError
 from batcher.inputs import json_kind
@@ -44,6 +50,7 @@ from batcher.inputs import json_kind
 __all__ = [
     "JSON_OBJECT",
     "JSON_TEXT",
+    "LENGTH_PROBLEM",
     "Check",
     "ReplyValidator",
     "arrow_fields",
@@ -66,8 +73,9 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _NAME_JUNK = re.compile(r"[^a-zA-Z0-9_-]+")
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 _SIGNIFICANT = re.compile(r'[{}"\\]')  # the characters the brace scanner looks at
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")  # as in jsonschema's json_path
 _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # values, not schemas
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
 
 
 # --- the schema file and the request ----------------------------------------------------
@@ -106,7 +114,8 @@ def _read_json(path: str | os.PathLike[str], source: str) -> Any:
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("str is not valid UTF-8"):
             raise InputError(f"{source}: invalid UTF-8") from None
-        raise InputError(f"{source}: invalid JSON: {_one_line(exc.msg)} at line {exc.lineno}") from None
+        reason = f"{_one_line(exc.msg)} at line {exc.lineno}"
+        raise InputError(f"{source}: invalid JSON: {reason}") from None
 
 
 def _check_schema(schema: dict, source: str) -> None:
@@ -120,7 +129,8 @@ def _check_schema(schema: dict, source: str) -> None:
             f"{source}: unknown $schema {draft!r} (name a JSON Schema draft, "
             "e.g. https://json-schema.org/draft/2020-12/schema, or leave it out)"
         )
-    error = best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    meta = cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)  # checks regex patterns
+    error = best_match(meta.iter_errors(schema))
     if error is not None:
         message = _one_line(error.message, 200)
         raise InputError(f"{source}: invalid JSON Schema: {message} (at {error.json_path})")
@@ -130,7 +140,9 @@ def _check_refs(schema: dict, source: str) -> None:
     """Raise unless every `$ref` is local and resolves (jsonschema would fail per reply)."""
     for ref, where in _refs(schema, "$"):
         if not ref.startswith("#"):
-            raise InputError(f"{source}: $ref {ref!r} is not local (#/...) (at {where})")
+            raise InputError(
+                f"{source}: only local $ref values (#/...) are supported, not {ref!r} (at {where})"
+            )
         if _pointer(schema, ref) is None:
             raise InputError(f"{source}: $ref {ref!r} does not resolve (at {where})")
 
@@ -142,8 +154,12 @@ def _refs(node: Any, where: str) -> list[tuple[str, str]]:
         if isinstance(node.get("$ref"), str):
             found.append((node["$ref"], where))
         for key, value in node.items():
-            if key not in _DATA_KEYWORDS:
-                found += _refs(value, _json_path(where, key))
+            path = _json_path(where, key)
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                for name, sub in value.items():
+                    found += _refs(sub, _json_path(path, name))
+            elif key not in _DATA_KEYWORDS:
+                found += _refs(value, path)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             found += _refs(value, f"{where}[{i}]")
@@ -151,7 +167,10 @@ def _refs(node: Any, where: str) -> list[tuple[str, str]]:
 
 
 def _json_path(where: str, key: str) -> str:
-    return f"{where}.{key}" if _IDENTIFIER.fullmatch(key) else f"{where}[{json.dumps(key)}]"
+    if _IDENTIFIER.fullmatch(key):
+        return f"{where}.{key}"
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{where}['{escaped}']"
 
 
 def _pointer(root: dict, ref: str) -> Any:
@@ -275,14 +294,15 @@ class ReplyValidator:
     """Checks replies against a schema (compiled once), or only for a JSON object when the
     schema is None (json_object mode). The schema should come from `load_schema`."""
 
-    __slots__ = ("_validator", "schema")
+    __slots__ = ("_fast", "_validator", "schema")
 
     def __init__(self, schema: dict | None) -> None:
         self.schema = schema
-        self._validator = None
+        self._validator = self._fast = None
         if schema is not None:
             cls = validator_for(schema, default=Draft202012Validator)
             self._validator = cls(schema)
+            self._fast = _fast_checker(schema, cls)
 
     def check(self, content: str | None, finish_reason: str | None) -> Check:
         """The parsed object if `content` is one that follows the schema, else the problem."""
@@ -296,7 +316,7 @@ class ReplyValidator:
             return Check(None, str(exc), "not_json")
         if not isinstance(value, dict):
             return Check(None, f"expected a JSON object, got {json_kind(value)}", "not_json")
-        if self._validator is not None:
+        if self._validator is not None and (self._fast is None or not self._fast(value)):
             problem = _schema_problem(list(self._validator.iter_errors(value)))
             if problem is not None:
                 return Check(None, problem, "schema")
@@ -313,7 +333,9 @@ class ReplyValidator:
                 "and answer more briefly so that it fits."
             )
         else:
-            content = f"Your previous reply was not valid: {check.problem}. Reply again with only {what}."
+            content = (
+                f"Your previous reply was not valid: {check.problem}. Reply again with only {what}."
+            )
         return {"role": "user", "content": content}
 
 
@@ -330,6 +352,236 @@ def _schema_problem(errors: list[ValidationError]) -> str | None:
     shown = "; ".join(lines[:MAX_PROBLEMS])
     more = len(lines) - MAX_PROBLEMS
     return f"{shown}; and {more} more" if more > 0 else shown
+
+
+# --- the fast path of validation -------------------------------------------------------
+#
+# jsonschema takes ~50 µs for a small object. For schemas made only of the common keywords
+# below, a checker of plain closures says "valid" in a few µs. It is conservative: True only
+# when jsonschema would find no error; on False (or any other keyword) jsonschema decides and
+# words the problem, so the verdicts and messages are always jsonschema's.
+
+Predicate = Callable[[Any], bool]
+
+_FAST_DRAFTS = frozenset(
+    {Draft6Validator, Draft7Validator, Draft201909Validator, Draft202012Validator}
+)
+_NO_OPS = frozenset({"format"})  # jsonschema asserts no format without a format checker
+_JSON_TYPES = {
+    "string": (str,),
+    "integer": (int,),  # an integral float goes to jsonschema
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+class _Unsupported(Exception):
+    """A keyword or form the fast path does not handle."""
+
+
+def _fast_checker(schema: dict, cls: type) -> Predicate | None:
+    """A conservative validity test for `schema`, or None when it uses other keywords."""
+    if cls not in _FAST_DRAFTS:
+        return None
+    try:
+        return _FastCompiler(schema, frozenset(cls.VALIDATORS)).compile(schema)
+    except (_Unsupported, re.error, TypeError):  # TypeError: a schema load_schema would refuse
+        return None
+
+
+class _FastCompiler:
+    def __init__(self, root: dict, keywords: frozenset[str]) -> None:
+        self.root = root
+        self.keywords = keywords  # the keywords jsonschema acts on; it ignores any other
+        self.refs: dict[str, Predicate] = {}
+
+    def compile(self, node: Any) -> Predicate:
+        if node is True or node is False:
+            return _always if node else _never
+        if not isinstance(node, dict) or (node is not self.root and "$id" in node):
+            raise _Unsupported
+        tests = [self.keyword(key, value, node) for key, value in node.items() if self._acts(key)]
+        return _all_of([t for t in tests if t is not _always])
+
+    def _acts(self, key: str) -> bool:
+        return key in self.keywords and key not in _NO_OPS
+
+    def keyword(self, key: str, value: Any, node: dict) -> Predicate:
+        build = _KEYWORD_BUILDERS.get(key)
+        if build is None:
+            raise _Unsupported(key)
+        return build(self, value, node)
+
+    def ref(self, ref: Any) -> Predicate:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise _Unsupported("$ref")
+        if ref not in self.refs:
+            cell: list[Predicate] = []
+            self.refs[ref] = lambda x: cell[0](x)  # late-bound: refs may recurse
+            target = _pointer(self.root, ref)
+            if target is None:
+                raise _Unsupported("$ref")
+            cell.append(self.compile(target))
+        return self.refs[ref]
+
+
+def _always(x: Any) -> bool:
+    return True
+
+
+def _never(x: Any) -> bool:
+    return False
+
+
+def _all_of(tests: list[Predicate]) -> Predicate:
+    if not tests:
+        return _always
+    if len(tests) == 1:
+        return tests[0]
+
+    return lambda x: all(test(x) for test in tests)
+
+
+def _type_test(c: _FastCompiler, kind: Any, node: dict) -> Predicate:
+    kinds = kind if isinstance(kind, list) else [kind]
+    if not all(isinstance(k, str) and k in _JSON_TYPES for k in kinds):
+        raise _Unsupported("type")
+    allowed = frozenset(t for k in kinds for t in _JSON_TYPES[k])
+    return lambda x: type(x) in allowed
+
+
+def _enum_test(c: _FastCompiler, values: Any, node: dict) -> Predicate:
+    strings = frozenset(v for v in values if isinstance(v, str))
+    others = [v for v in values if not isinstance(v, str)]
+    if not others:
+        return lambda x: type(x) is str and x in strings
+    return lambda x: x in strings if type(x) is str else _in_others(x, others)
+
+
+def _const_test(c: _FastCompiler, value: Any, node: dict) -> Predicate:
+    return _enum_test(c, [value], node)
+
+
+def _in_others(x: Any, others: list[Any]) -> bool:
+    """jsonschema's equality for scalars (True is not 1); containers go to jsonschema."""
+    if x is None or x is True or x is False:
+        return any(v is x for v in others)
+    if type(x) is int or type(x) is float:
+        return any(type(v) in (int, float) and v == x for v in others)
+    return False
+
+
+def _properties_test(c: _FastCompiler, properties: dict, node: dict) -> Predicate:
+    tests = {name: c.compile(sub) for name, sub in properties.items()}
+    extra = node.get("additionalProperties", True)
+    if "patternProperties" in node:
+        raise _Unsupported("patternProperties")
+    other = None if extra is True else c.compile(extra) if extra is not False else False
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, dict):
+            return True
+        for key, value in x.items():
+            test = tests.get(key)
+            if test is not None:
+                if not test(value):
+                    return False
+            elif other is False or (other is not None and not other(value)):
+                return False
+        return True
+
+    return check
+
+
+def _additional_test(c: _FastCompiler, extra: Any, node: dict) -> Predicate:
+    if "properties" in node:
+        return _always  # checked with the properties
+    return _properties_test(c, {}, node)
+
+
+def _required_test(c: _FastCompiler, names: list, node: dict) -> Predicate:
+    return lambda x: not isinstance(x, dict) or all(n in x for n in names)
+
+
+def _items_test(c: _FastCompiler, items: Any, node: dict) -> Predicate:
+    if not isinstance(items, (dict, bool)) or "prefixItems" in node:
+        raise _Unsupported("items")
+    if items is False:
+        return lambda x: not isinstance(x, list) or not x
+    test = c.compile(items)
+    return lambda x: not isinstance(x, list) or all(test(v) for v in x)
+
+
+def _bound_test(kind: type | tuple[type, ...], size: Callable, compare: Callable) -> Callable:
+    def build(c: _FastCompiler, limit: Any, node: dict) -> Predicate:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+            raise _Unsupported("bound")  # e.g. draft 4's boolean exclusiveMaximum
+        return lambda x: not isinstance(x, kind) or compare(size(x), limit)
+
+    return build
+
+
+def _pattern_test(c: _FastCompiler, pattern: str, node: dict) -> Predicate:
+    search = re.compile(pattern).search
+    return lambda x: not isinstance(x, str) or search(x) is not None
+
+
+def _unique_test(c: _FastCompiler, unique: Any, node: dict) -> Predicate:
+    if not unique:
+        return _always
+    return lambda x: not isinstance(x, list) or _distinct_strings(x)
+
+
+def _distinct_strings(x: list) -> bool:
+    """True when every item is a string, each once; anything else goes to jsonschema."""
+    return all(type(v) is str for v in x) and len(set(x)) == len(x)
+
+
+def _any_of_test(c: _FastCompiler, branches: list, node: dict) -> Predicate:
+    tests = [c.compile(b) for b in branches]
+    return lambda x: any(t(x) for t in tests)
+
+
+def _all_of_test(c: _FastCompiler, branches: list, node: dict) -> Predicate:
+    return _all_of([c.compile(b) for b in branches])
+
+
+def _ref_test(c: _FastCompiler, ref: Any, node: dict) -> Predicate:
+    return c.ref(ref)
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+_NUMBER = (int, float)
+_KEYWORD_BUILDERS: dict[str, Callable[[_FastCompiler, Any, dict], Predicate]] = {
+    "type": _type_test,
+    "enum": _enum_test,
+    "const": _const_test,
+    "properties": _properties_test,
+    "additionalProperties": _additional_test,
+    "required": _required_test,
+    "items": _items_test,
+    "pattern": _pattern_test,
+    "uniqueItems": _unique_test,
+    "anyOf": _any_of_test,
+    "allOf": _all_of_test,
+    "$ref": _ref_test,
+    "minimum": _bound_test(_NUMBER, _same, lambda v, n: v >= n),
+    "maximum": _bound_test(_NUMBER, _same, lambda v, n: v <= n),
+    "exclusiveMinimum": _bound_test(_NUMBER, _same, lambda v, n: v > n),
+    "exclusiveMaximum": _bound_test(_NUMBER, _same, lambda v, n: v < n),
+    "minLength": _bound_test(str, len, lambda v, n: v >= n),
+    "maxLength": _bound_test(str, len, lambda v, n: v <= n),
+    "minItems": _bound_test(list, len, lambda v, n: v >= n),
+    "maxItems": _bound_test(list, len, lambda v, n: v <= n),
+    "minProperties": _bound_test(dict, len, lambda v, n: v >= n),
+    "maxProperties": _bound_test(dict, len, lambda v, n: v <= n),
+}
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -420,7 +672,7 @@ _SCALARS = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()
 
 
 def _single_type(kind: Any) -> str | None:
-    """"T" for `"T"`, `["T"]` and `["T", "null"]` (either order); otherwise None."""
+    """ "T" for `"T"`, `["T"]` and `["T", "null"]` (either order); otherwise None."""
     if isinstance(kind, list):
         rest = [k for k in kind if k != "null"]
         kind = rest[0] if len(rest) == 1 and len(kind) <= 2 else None
@@ -457,7 +709,7 @@ def _array_type(node: dict, root: dict, stack: tuple[str, ...]) -> pa.DataType:
 
 def _struct_type(node: dict, root: dict, stack: tuple[str, ...]) -> pa.DataType:
     properties = node.get("properties")
-    extra = node.get("additionalProperties", False) or node.get("patternProperties")
+    extra = node.get("additionalProperties", False) is not False or "patternProperties" in node
     if not isinstance(properties, dict) or not properties or extra:
         return JSON_TEXT
     return pa.struct([(name, _arrow_type(sub, root, stack)) for name, sub in properties.items()])
@@ -466,15 +718,13 @@ def _struct_type(node: dict, root: dict, stack: tuple[str, ...]) -> pa.DataType:
 # --- typed columns ----------------------------------------------------------------------
 
 
-def typed_columns(
-    values: Sequence[dict | None], fields: Sequence[Field]
-) -> dict[str, pa.Array]:
+def typed_columns(values: Sequence[dict | None], fields: Sequence[Field]) -> dict[str, pa.Array]:
     """The output columns for a batch of parsed objects (None: the row failed, null
     everywhere); a value that does not fit its column's type is null."""
     columns: dict[str, pa.Array] = {}
     for name, column, kind in fields:
         raw = [None if v is None else v.get(name) for v in values]
-        columns[column] = pa.array(_fit_column(raw, kind), type=kind)
+        columns[column] = pa.array(_column_fitter(kind)(raw), type=kind)
     return columns
 
 
@@ -483,20 +733,22 @@ def parsed_json(value: dict | None) -> str | None:
     return None if value is None else _dumps(value)
 
 
-def _fit_column(raw: list[Any], kind: pa.DataType) -> list[Any]:
-    """`raw` with every value fitted to `kind`, in one comprehension for the common types."""
+def _column_fitter(kind: pa.DataType) -> Callable[[list], list]:
+    """A function fitting a list of values to `kind`: one comprehension for scalar types."""
     if kind == JSON_TEXT:
-        return [None if x is None else _dumps(x) for x in raw]
+        return lambda xs: [None if x is None else _dumps(x) for x in xs]
     if kind == pa.string() or kind == _DICTIONARY:
-        return [x if type(x) is str else None for x in raw]
+        return lambda xs: [x if type(x) is str else None for x in xs]
     if kind == pa.int64():
-        return [x if type(x) is int and _I64_MIN <= x <= _I64_MAX else _fit_int(x) for x in raw]
+        return lambda xs: [
+            x if type(x) is int and _I64_MIN <= x <= _I64_MAX else _fit_int(x) for x in xs
+        ]
     if kind == pa.float64():
-        return [x if type(x) is float else _fit_float(x) for x in raw]
+        return lambda xs: [x if type(x) is float else _fit_float(x) for x in xs]
     if kind == pa.bool_():
-        return [x if x is True or x is False else None for x in raw]
+        return lambda xs: [x if x is True or x is False else None for x in xs]
     fit = _fitter(kind)
-    return [fit(x) for x in raw]
+    return lambda xs: [fit(x) for x in xs]
 
 
 def _fitter(kind: pa.DataType) -> Callable[[Any], Any]:
@@ -512,17 +764,14 @@ def _fitter(kind: pa.DataType) -> Callable[[Any], Any]:
     if kind == pa.bool_():
         return _fit_bool
     if pa.types.is_list(kind):
-        return _list_fitter(_fitter(kind.value_type))
+        return _list_fitter(_column_fitter(kind.value_type))
     if pa.types.is_struct(kind):
         return _struct_fitter([(f.name, _fitter(f.type)) for f in kind])
     raise TypeError(f"no column builder for Arrow type {kind}")
 
 
-def _list_fitter(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def fit(x: Any) -> list | None:
-        return [item(v) for v in x] if type(x) is list else None
-
-    return fit
+def _list_fitter(fit_all: Callable[[list], list]) -> Callable[[Any], Any]:
+    return lambda x: fit_all(x) if type(x) is list else None
 
 
 def _struct_fitter(children: list[tuple[str, Callable[[Any], Any]]]) -> Callable[[Any], Any]:
@@ -566,3 +815,41 @@ def _dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:  # an int beyond 64 bits, which orjson does not write
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Validators:
+    """The validator a request's own `response_format` calls for, built once per format.
+
+    json_schema -> its schema; json_object -> any object; anything else -> None (plain text).
+    """
+
+    def __init__(self) -> None:
+        self._by_format: dict[bytes, ReplyValidator | None] = {}
+        self._last: tuple[object, ReplyValidator | None] = (None, None)
+
+    def get(self, body: Mapping[str, Any]) -> ReplyValidator | None:
+        fmt = body.get("response_format")
+        if not isinstance(fmt, dict):
+            return None
+        if fmt is self._last[0]:  # the job-level format: one object shared by every body
+            return self._last[1]
+        key = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS)
+        if key not in self._by_format:
+            self._by_format[key] = _validator_for(fmt)
+        validator = self._by_format[key]
+        self._last = (fmt, validator)
+        return validator
+
+
+def _validator_for(fmt: Mapping[str, Any]) -> ReplyValidator | None:
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return ReplyValidator(None)
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        try:
+            return ReplyValidator(schema if isinstance(schema, dict) else None)
+        except Exception:  # a row's own broken schema: the server will judge it
+            return None
+    return None

@@ -29,6 +29,7 @@ class ErrorType(str, Enum):
     HTTP_ERROR = "http_error"  # any other status
     BAD_INPUT = "bad_input"  # --on-bad-row skip
     NOT_SENT = "not_sent"  # the job stopped before sending this request
+    INVALID_OUTPUT = "invalid_output"  # structured output that never validated
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class Result:
     error_type: str | None = None
     error_message: str | None = None
     cached: bool = False  # reused from the response cache: nothing was sent
+    reasks: int = 0  # follow-up requests asking the model to fix its structured reply
+    parsed: dict | None = None  # the valid structured reply
     finished_at: float | None = None  # unix time the result was known
 
     @property

@@ -1034,7 +1034,7 @@ def test_config_rejects_impossible_settings(kwargs: dict[str, Any]) -> None:
 def test_config_faults_become_a_tuple_and_every_kind_is_known() -> None:
     assert MockConfig(faults=["500", "drop"]).faults == ("500", "drop")  # type: ignore[arg-type]
     assert set(MockConfig().faults) <= FAULT_KINDS
-    assert len(FAULT_KINDS) == 31
+    assert len(FAULT_KINDS) == 35
 
 
 @pytest.mark.parametrize(
