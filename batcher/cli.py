@@ -63,113 +63,139 @@ def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
 
 
+def job_options(command: Any) -> Any:
+    """The options shared by `run` and `estimate`: input, request, provider and limits."""
+    for option in reversed(JOB_OPTIONS):
+        command = option(command)
+    return command
+
+
+JOB_OPTIONS = [
+    click.argument("input", type=click.Path(dir_okay=False, path_type=Path), required=False),
+    click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file."),
+    click.option(
+        "--job",
+        "job_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="TOML job file with any of these options; the command line overrides it.",
+    ),
+    click.option("-m", "--model", "models", multiple=True, help="Model; repeat for several."),
+    click.option("--temperature", type=float),
+    click.option("--top-p", type=float),
+    click.option("--max-tokens", type=int, help="Completion token bound per request."),
+    click.option("--seed", type=int),
+    click.option("--stop", multiple=True, help="Stop sequence; repeatable."),
+    click.option("--json", "json_mode", is_flag=True, help="response_format json_object."),
+    click.option(
+        "--schema",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="JSON Schema of the reply: sent as a strict json_schema response_format, "
+        "replies validated, one typed column per property.",
+    ),
+    click.option(
+        "--reask",
+        type=int,
+        default=2,
+        show_default=True,
+        help="Re-ask a reply that is not valid JSON / breaks the schema up to N times.",
+    ),
+    click.option(
+        "--param",
+        "params",
+        multiple=True,
+        metavar="KEY=JSON",
+        help='Any other body key, e.g. top_k=40 or \'reasoning={"effort":"low"}\'.',
+    ),
+    click.option("--system", help="System message (a template over the row's columns)."),
+    click.option("--system-file", type=click.Path(dir_okay=False), help="System message file."),
+    click.option("--template", help='User message template, e.g. "Classify: {text}".'),
+    click.option("--template-file", type=click.Path(dir_okay=False), help="Template file."),
+    click.option(
+        "--messages-template",
+        type=click.Path(dir_okay=False),
+        help="JSON list of messages (few-shot) whose contents are templates.",
+    ),
+    click.option("--prompt-column", default="prompt", show_default=True),
+    click.option("--messages-column", default="messages", show_default=True),
+    click.option(
+        "--id-column", help="Row id column [default: id, else custom_id, else row number]"
+    ),
+    click.option(
+        "--keep-columns",
+        default="all",
+        show_default=True,
+        help="Input columns to keep: all, none or a,b,c.",
+    ),
+    click.option(
+        "--on-bad-row",
+        type=click.Choice(["error", "skip"]),
+        default="error",
+        show_default=True,
+        help="skip: record bad rows as errors and send the rest.",
+    ),
+    click.option("--limit", type=int, help="Only the first N rows."),
+    click.option(
+        "--provider",
+        type=click.Choice(["octen", "octopusx", "openai", "mock", "custom"]),
+        help="Preset [default: mock, or custom with --base-url].",
+    ),
+    click.option("--base-url", help="Any OpenAI-compatible API, e.g. http://localhost:8000/v1."),
+    click.option("--api-key-env", metavar="NAME", help="Environment variable holding the key."),
+    click.option("--api-key-file", type=click.Path(dir_okay=False), help="File holding the key."),
+    click.option("--auth-header", type=click.Choice(["bearer", "x-api-key"])),
+    click.option(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=32,
+        show_default=True,
+        help="Requests in flight at most.",
+    ),
+    click.option(
+        "--timeout", type=float, default=120.0, show_default=True, help="Seconds per attempt."
+    ),
+    click.option("--max-retries", type=int, default=6, show_default=True),
+    click.option("--rpm", type=float, help="Requests per minute at most."),
+    click.option("--tpm", type=float, help="Tokens per minute at most."),
+    click.option(
+        "--flush-rows",
+        type=int,
+        default=1000,
+        show_default=True,
+        help="Make results durable at least every N results...",
+    ),
+    click.option(
+        "--flush-seconds", type=float, default=5.0, show_default=True, help="...or every S seconds."
+    ),
+    click.option("--keep-job-dir", is_flag=True, help="Keep OUT.batcher/ after success."),
+    click.option("--fresh", is_flag=True, help="Discard earlier results for OUT and start over."),
+    click.option(
+        "--retry-errors",
+        is_flag=True,
+        help="Send again only the requests whose earlier result is an error.",
+    ),
+    click.option(
+        "--prices",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="TOML price table (USD per million tokens) over the packaged one "
+        "[env: BATCHER_PRICES].",
+    ),
+    click.option(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="Stop sending before the cost (spent + in flight) would pass USD.",
+    ),
+    click.option(
+        "--cache",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Response cache directory, shared by jobs [env: BATCHER_CACHE].",
+    ),
+]
+
+
 @main.command(context_settings={"auto_envvar_prefix": "BATCHER"})
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file.")
-@click.option(
-    "--job",
-    "job_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML job file with any of these options; the command line overrides it.",
-)
-@click.option("-m", "--model", "models", multiple=True, help="Model; repeat for several.")
-@click.option("--temperature", type=float)
-@click.option("--top-p", type=float)
-@click.option("--max-tokens", type=int, help="Completion token bound per request.")
-@click.option("--seed", type=int)
-@click.option("--stop", multiple=True, help="Stop sequence; repeatable.")
-@click.option("--json", "json_mode", is_flag=True, help="response_format json_object.")
-@click.option(
-    "--schema",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="JSON Schema of the reply: sent as a strict json_schema response_format, "
-    "replies validated, one typed column per property.",
-)
-@click.option(
-    "--reask",
-    type=int,
-    default=2,
-    show_default=True,
-    help="Re-ask a reply that is not valid JSON / breaks the schema up to N times.",
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=JSON",
-    help='Any other body key, e.g. top_k=40 or \'reasoning={"effort":"low"}\'.',
-)
-@click.option("--system", help="System message (a template over the row's columns).")
-@click.option("--system-file", type=click.Path(dir_okay=False), help="System message file.")
-@click.option("--template", help='User message template, e.g. "Classify: {text}".')
-@click.option("--template-file", type=click.Path(dir_okay=False), help="Template file.")
-@click.option(
-    "--messages-template",
-    type=click.Path(dir_okay=False),
-    help="JSON list of messages (few-shot) whose contents are templates.",
-)
-@click.option("--prompt-column", default="prompt", show_default=True)
-@click.option("--messages-column", default="messages", show_default=True)
-@click.option("--id-column", help="Row id column [default: id, else custom_id, else row number]")
-@click.option(
-    "--keep-columns",
-    default="all",
-    show_default=True,
-    help="Input columns to keep: all, none or a,b,c.",
-)
-@click.option(
-    "--on-bad-row",
-    type=click.Choice(["error", "skip"]),
-    default="error",
-    show_default=True,
-    help="skip: record bad rows as errors and send the rest.",
-)
-@click.option("--limit", type=int, help="Only the first N rows.")
-@click.option(
-    "--provider",
-    type=click.Choice(["octen", "octopusx", "openai", "mock", "custom"]),
-    help="Preset [default: mock, or custom with --base-url].",
-)
-@click.option("--base-url", help="Any OpenAI-compatible API, e.g. http://localhost:8000/v1.")
-@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the key.")
-@click.option("--api-key-file", type=click.Path(dir_okay=False), help="File holding the key.")
-@click.option("--auth-header", type=click.Choice(["bearer", "x-api-key"]))
-@click.option(
-    "-c",
-    "--concurrency",
-    type=int,
-    default=32,
-    show_default=True,
-    help="Requests in flight at most.",
-)
-@click.option(
-    "--timeout", type=float, default=120.0, show_default=True, help="Seconds per attempt."
-)
-@click.option("--max-retries", type=int, default=6, show_default=True)
-@click.option("--rpm", type=float, help="Requests per minute at most.")
-@click.option("--tpm", type=float, help="Tokens per minute at most.")
-@click.option(
-    "--flush-rows",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Make results durable at least every N results...",
-)
-@click.option(
-    "--flush-seconds", type=float, default=5.0, show_default=True, help="...or every S seconds."
-)
-@click.option("--keep-job-dir", is_flag=True, help="Keep OUT.batcher/ after success.")
-@click.option("--fresh", is_flag=True, help="Discard earlier results for OUT and start over.")
-@click.option(
-    "--retry-errors",
-    is_flag=True,
-    help="Send again only the requests whose earlier result is an error.",
-)
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Response cache directory, shared by jobs [env: BATCHER_CACHE].",
-)
+@job_options
 @click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
@@ -324,6 +350,98 @@ def setup_logging(verbose: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+
+
+@main.command(context_settings={"auto_envvar_prefix": "BATCHER"})
+@job_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option(
+    "--seconds-per-request",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Typical reply time, for the duration under --concurrency.",
+)
+@click.option(
+    "--typical-reply-tokens",
+    type=int,
+    default=150,
+    show_default=True,
+    help="Completion tokens of a typical reply, for the low cost.",
+)
+@click.pass_context
+def estimate(
+    ctx: click.Context,
+    as_json: bool,
+    seconds_per_request: float,
+    typical_reply_tokens: int,
+    **opts: Any,
+) -> None:
+    """Read INPUT exactly as `run` would and estimate requests, tokens, cost and duration.
+
+    Sends nothing and needs no key."""
+    from batcher.estimate import estimate as make_estimate
+    from batcher.estimate import render_estimate
+    from batcher.job import Job
+    from batcher.spec import make_spec
+
+    opts["json_mode"] = False  # --json here means JSON output, not a response_format
+    try:
+        spec = make_spec(**run_options(with_job_file(ctx, opts)))
+        job = Job(spec, need_key=False)
+        found = job.scan()
+        figures = make_estimate(
+            found,
+            job.prices,
+            concurrency=spec.concurrency,
+            rpm=spec.rpm,
+            tpm=spec.tpm,
+            model_limits=spec.model_limits,
+            seconds_per_request=seconds_per_request,
+            typical_reply_tokens=typical_reply_tokens,
+        )
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(figures.to_dict()))
+    else:
+        for line in render_estimate(figures):
+            click.echo(line)
+
+
+estimate.params = [p for p in estimate.params if p.name != "json_mode"]
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-price the rows with this price table [env: BATCHER_PRICES].",
+)
+@click.option("--by", default="model", show_default=True, help="Group by these columns: a,b.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) -> None:
+    """Requests, tokens and cost per group of a finished OUT or a running job's directory.
+
+    The server's cost wins where it sent one; other rows are priced from tokens."""
+    from batcher.cost import PriceTable, cost_csv, cost_groups, cost_json, render_cost, with_costs
+    from batcher.status import read_results
+
+    columns = tuple(c.strip() for c in by.split(",") if c.strip())
+    try:
+        table = with_costs(read_results(path), PriceTable.load(prices))
+        groups, total = cost_groups(table, columns)
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(cost_json(groups, total, columns)))
+    elif as_csv:
+        click.echo(cost_csv(groups, total, columns), nl=False)
+    else:
+        for line in render_cost(groups, total, columns):
+            click.echo(line)
 
 
 @main.command()

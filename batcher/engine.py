@@ -12,6 +12,7 @@ so a request waiting to retry never holds a slot. One aiohttp session serves all
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -21,6 +22,7 @@ from typing import Protocol
 import aiohttp
 import orjson
 
+from batcher.budget import Budget
 from batcher.client import Attempt, Client
 from batcher.errors import AttemptError
 from batcher.limits import ConcurrencyLimit, RateLimiter
@@ -75,9 +77,11 @@ class Engine:
         *,
         session: aiohttp.ClientSession | None = None,
         known: ResultSource | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._known = known
+        self._budget = budget
         self.settings = settings or EngineSettings()
         self._session = session
         self._limiter = RateLimiter(self.settings.rpm, self.settings.tpm)
@@ -176,7 +180,7 @@ class Engine:
     async def _process(self, request: Request) -> Result | None:
         if request.bad_input is not None:
             return error_result(request, ErrorType.BAD_INPUT.value, request.bad_input)
-        if self._known is not None and (known := self._known.get(request)) is not None:
+        if self._known is not None and (known := self._reuse(request)) is not None:
             return known
         charge = request.est_prompt_tokens + (
             request.max_tokens or self.settings.completion_allowance
@@ -184,6 +188,33 @@ class Engine:
         limiters = [self._limiter]
         if request.model in self._model_limiters:
             limiters.append(self._model_limiters[request.model])
+        reserved = 0.0
+        if self._budget is not None:
+            amount = await self._budget.reserve(request)
+            if amount is None:
+                self.stop(self._budget.message())
+                return None
+            reserved = amount
+        result = None
+        try:
+            result = await self._attempts(request, charge, limiters)
+        finally:
+            if self._budget is not None:
+                self._budget.settle(reserved, result)
+        return result
+
+    def _reuse(self, request: Request) -> Result | None:
+        """A known result (the cache), checked like a fresh reply when output is structured."""
+        known = self._known.get(request)  # type: ignore[union-attr]
+        validator = self._validators.get(request.body)
+        if known is None or validator is None or known.reply is None:
+            return known
+        check = validator.check(known.reply.content, known.reply.finish_reason)
+        return None if check.problem is not None else dataclasses.replace(known, parsed=check.value)
+
+    async def _attempts(
+        self, request: Request, charge: int, limiters: list[RateLimiter]
+    ) -> Result | None:
         try:
             attempt, made = await self._complete(request.body, charge, limiters)
             validator = self._validators.get(request.body)

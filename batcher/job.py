@@ -23,9 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from batcher import __version__
+from batcher.budget import Budget
 from batcher.cache import ResponseCache
+from batcher.cost import PriceTable, with_costs
 from batcher.engine import Engine, EngineSettings, ModelLimits
 from batcher.errors import UsageError
 from batcher.inputs import RowBatch, read_batches, to_arrow
@@ -43,6 +47,7 @@ from batcher.results import (
     Layout,
     PartWriter,
     RequestGroup,
+    part_files,
     write_output,
 )
 from batcher.resume import DoneIndex, import_output, load_index
@@ -55,6 +60,7 @@ from batcher.types import Request, Result
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
+MOCK_IDENTITY = "batcher-mock://local/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +109,20 @@ def job_dir_for(output: Path) -> Path:
 class Job:
     """One run of a `JobSpec`. `await job.run()` does it all; `job.interrupt()` stops it."""
 
-    def __init__(self, spec: JobSpec, *, progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, *, progress: ProgressCallback | None = None, need_key: bool = True
+    ) -> None:
         self.spec = spec
         self.progress = progress
         self.provider = resolve_provider(
             spec.provider, spec.base_url, spec.auth_header, spec.api_key_env
         )
-        self._key = read_key(self.provider, spec.api_key_file)
+        self._key = read_key(self.provider, spec.api_key_file) if need_key else None
         self.schema = load_schema(spec.schema) if spec.schema is not None else None
+        self.prices = PriceTable.load(spec.prices)
+        # Request hashes name the endpoint; the in-process mock's port changes every run,
+        # so it is known by a fixed name instead (resume and the cache keep working).
+        self.identity_url = self.provider.base_url or MOCK_IDENTITY
         self.conversation = (
             load_messages_template(spec.messages_template) if spec.messages_template else None
         )
@@ -128,7 +140,7 @@ class Job:
     def endpoint(self, base_url: str) -> Endpoint:
         return Endpoint(base_url, self.provider.auth_header, self._key)
 
-    def request_spec(self, base_url: str) -> RequestSpec:
+    def request_spec(self) -> RequestSpec:
         spec = self.spec
         params = spec.body_params()
         if self.schema is not None:
@@ -143,7 +155,7 @@ class Job:
             prompt_column=spec.prompt_column,
             messages_column=spec.messages_column,
             id_column=spec.id_column,
-            base_url=base_url,
+            base_url=self.identity_url,
             on_bad_row=spec.on_bad_row,
         )
 
@@ -151,14 +163,14 @@ class Job:
     def structured(self) -> bool:
         return self.schema is not None or self.spec.json
 
-    def scan(self, base_url: str) -> InputScan:
-        return scan(self.request_spec(base_url), self.spec.input, limit=self.spec.limit)
+    def scan(self) -> InputScan:
+        return scan(self.request_spec(), self.spec.input, limit=self.spec.limit)
 
     async def dry_run(self, count: int = 3) -> DryRun:
         base_url = self.provider.base_url or "http://127.0.0.1:PORT/v1"
-        found = self.scan(base_url)
+        found = self.scan()
         bodies = []
-        for request in self._requests(base_url):
+        for request in self._requests():
             if len(bodies) == count:
                 break
             if request.bad_input is None:
@@ -169,7 +181,8 @@ class Job:
     async def run(self) -> JobSummary:
         started = time.time()
         spec = self.spec
-        assert spec.output is not None
+        if spec.output is None:
+            raise UsageError("missing -o/--output")
         output = Path(spec.output)
         check_writable(output)
         async with contextlib.AsyncExitStack() as stack:
@@ -179,21 +192,22 @@ class Job:
 
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
-            found = await asyncio.to_thread(self.scan, base_url)
+            found = await asyncio.to_thread(self.scan)
             job_dir = job_dir_for(output)
-            done, self.already_done = await asyncio.to_thread(
-                self._resume_index, output, job_dir, base_url
-            )
+            done, self.already_done = await asyncio.to_thread(self._resume_index, output, job_dir)
             prepare_job_dir(job_dir, spec, found)
             cache = None
             if spec.cache is not None:
                 cache = ResponseCache(spec.cache)
                 stack.callback(cache.close)
             self.cache = cache
-            self.engine = Engine(self.endpoint(base_url), engine_settings(spec), known=cache)
+            budget = self._budget(job_dir, found) if spec.max_cost is not None else None
+            self.engine = Engine(
+                self.endpoint(base_url), engine_settings(spec), known=cache, budget=budget
+            )
             if self.interrupted:
                 self.engine.stop("interrupted")
-            tally = await self._send(job_dir, base_url, found, done)
+            tally = await self._send(job_dir, found, done)
             stop_reason = self.engine.stop_reason
             if self.interrupted:
                 return self._summary(None, found, tally, started, stop_reason, job_dir)
@@ -210,7 +224,7 @@ class Job:
                 output, found, final, started, stop_reason, job_dir if keep else None
             )
 
-    def _resume_index(self, output: Path, job_dir: Path, base_url: str) -> tuple[DoneIndex, int]:
+    def _resume_index(self, output: Path, job_dir: Path) -> tuple[DoneIndex, int]:
         """Earlier results of this OUT (its job directory, else OUT itself), checked against
         the requests this run would make, and how many of those are done already. A
         mismatch stops the job (exit 2) unless --fresh."""
@@ -227,7 +241,7 @@ class Job:
         index = load_index(job_dir)
         if not len(index):
             return index, 0
-        requests = self._requests(base_url)
+        requests = self._requests()
         done, changed = index.compare(requests, retry_errors=self.spec.retry_errors)
         if changed is not None:
             if imported:
@@ -241,9 +255,22 @@ class Job:
             )
         return index, done
 
-    async def _send(
-        self, job_dir: Path, base_url: str, found: InputScan, done_index: DoneIndex
-    ) -> Tally:
+    def _budget(self, job_dir: Path, found: InputScan) -> Budget:
+        """The --max-cost budget, less what earlier runs of this OUT already spent."""
+        assert self.spec.max_cost is not None
+        unpriced = [m for m in found.per_model if self.prices.get(m) is None]
+        if unpriced:
+            raise UsageError(
+                f"--max-cost needs a price for every model; none for: {', '.join(unpriced)} "
+                "(add them with --prices FILE)"
+            )
+        budget = Budget(self.spec.max_cost, self.prices)
+        for part in part_files(job_dir):
+            table = with_costs(pq.read_table(part), self.prices)
+            budget.spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
+        return budget
+
+    async def _send(self, job_dir: Path, found: InputScan, done_index: DoneIndex) -> Tally:
         """Run the engine over every request not yet done, flushing durable parts."""
         assert self.engine is not None
         writer = PartWriter(job_dir, first_part=next_part_number(job_dir))
@@ -253,11 +280,7 @@ class Job:
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
         total = found.requests - self.already_done  # what this run has to do
         retry_errors = self.spec.retry_errors
-        todo = (
-            r
-            for r in self._requests(base_url)
-            if not done_index.is_done(r, retry_errors=retry_errors)
-        )
+        todo = (r for r in self._requests() if not done_index.is_done(r, retry_errors=retry_errors))
         results = self.engine.run(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
 
@@ -290,15 +313,15 @@ class Job:
             self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         return counts
 
-    def _requests(self, base_url: str) -> Iterator[Request]:
+    def _requests(self) -> Iterator[Request]:
         batches = read_batches(self.spec.input, limit=self.spec.limit)
         return iter_requests(
-            self.request_spec(base_url),
+            self.request_spec(),
             batches,
             str(self.spec.input),
         )
 
-    def _groups(self, base_url: str, found: InputScan) -> Iterator[RequestGroup]:
+    def _groups(self, found: InputScan) -> Iterator[RequestGroup]:
         """The input again, batch by batch, with each batch's requests and kept columns."""
         keep = kept_columns(self.spec.keep_columns, found)
         seen: deque[RowBatch] = deque()
@@ -315,7 +338,7 @@ class Job:
             return RequestGroup(batch.start, batch.start + len(batch.rows), columns, requests)
 
         pending: list[Request] = []
-        spec = self.request_spec(base_url)
+        spec = self.request_spec()
         for request in iter_requests(spec, tap(), str(self.spec.input)):
             while request.row_index >= seen[0].start + len(seen[0].rows):
                 yield group(seen.popleft(), pending)
@@ -348,8 +371,8 @@ class Job:
         tally = Tally()
 
         def tables() -> Iterator[pa.Table]:
-            for group in self._groups(base_url, found):
-                table = assembler.table(group)
+            for group in self._groups(found):
+                table = with_costs(assembler.table(group), self.prices)
                 tally.add(table)
                 yield table
 
@@ -385,6 +408,7 @@ class Job:
             latency_p95=tally.latency.percentile(0.95),
             wall_s=time.time() - started,
             sent=self.engine.sent,
+            unpriced=tuple(sorted(tally.unpriced)),
             resumed=self.already_done,
             cache_hits=self.cache.hits if self.cache is not None else 0,
             stop_reason=stop_reason,

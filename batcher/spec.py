@@ -59,6 +59,8 @@ class JobSpec:
     fresh: bool = False  # drop earlier results of this OUT and start over
     retry_errors: bool = False  # send again the requests whose earlier result was an error
     cache: Path | None = None  # response cache directory shared across jobs
+    prices: Path | None = None  # price table added to the packaged one (and $BATCHER_PRICES)
+    max_cost: float | None = None  # USD budget: stop sending before passing it
     dry_run: bool = False
 
     def __post_init__(self) -> None:
@@ -72,7 +74,7 @@ class JobSpec:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:
             raise UsageError("give --json or --schema, not both")
-        for name in ("rpm", "tpm", "limit", "max_tokens"):
+        for name in ("rpm", "tpm", "limit", "max_tokens", "max_cost"):
             value = getattr(self, name)
             if value is not None:
                 check_positive(name.replace("_", "-"), value)
@@ -80,8 +82,6 @@ class JobSpec:
             raise UsageError("--on-bad-row must be 'error' or 'skip'")
         if self.fresh and self.retry_errors:
             raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
-        if self.output is None and not self.dry_run:
-            raise UsageError("missing -o/--output")
         if self.output is not None and Path(self.output).resolve() == Path(self.input).resolve():
             raise UsageError("the output path is the input file")
 
@@ -129,7 +129,15 @@ def make_spec(**options: Any) -> JobSpec:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}")
-    for name in ("input", "output", "api_key_file", "cache", "schema", "messages_template"):
+    for name in (
+        "input",
+        "output",
+        "api_key_file",
+        "cache",
+        "schema",
+        "messages_template",
+        "prices",
+    ):
         if options.get(name) is not None:
             options[name] = Path(options[name])
     for name in ("models", "stop"):

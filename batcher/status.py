@@ -9,10 +9,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batcher.errors import UsageError
-from batcher.results import part_files
+from batcher.results import PART_SCHEMA, part_files
 
 COLUMNS = [
     "_row",
@@ -195,3 +196,30 @@ def render(status: JobStatus, *, now: float | None = None) -> list[str]:
             f"rate: {status.last_minute} results in the last minute; last progress {ago:.0f} s ago"
         )
     return lines
+
+
+def read_results(path: Path) -> pa.Table:
+    """The result rows of OUT, or of its job directory while the job runs or after it
+    stopped (newest result per key; parts being written are skipped)."""
+    path = Path(path)
+    job_dir = path if path.is_dir() else path.with_name(path.name + ".batcher")
+    if job_dir.is_dir():
+        tables = []
+        for number, part in enumerate(part_files(job_dir)):
+            try:
+                table = pq.read_table(part)
+            except (OSError, ValueError):
+                continue
+            tables.append(table.append_column("_part", pa.array([number] * table.num_rows)))
+        if not tables:
+            return PART_SCHEMA.empty_table()
+        table = pa.concat_tables(tables, promote_options="permissive")
+        keys = zip(*(table.column(n).to_pylist() for n in ("_row", "model", "sample")))
+        newest = {key: i for i, key in enumerate(keys)}  # parts are in write order
+        return table.take(pa.array(sorted(newest.values()), pa.int64()))
+    if path.is_file():
+        try:
+            return pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: not a readable Parquet file: {exc}") from None
+    raise UsageError(f"{path}: no such output or job directory")

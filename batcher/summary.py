@@ -35,6 +35,7 @@ class JobSummary:
     latency_p95: float | None
     wall_s: float
     sent: int  # HTTP attempts made by this run
+    unpriced: tuple[str, ...] = ()  # models whose cost is unknown (no price, no server cost)
     resumed: int = 0  # requests already done by earlier runs of this OUT
     cache_hits: int = 0  # requests answered from the response cache
     stop_reason: str | None = None
@@ -67,6 +68,7 @@ class JobSummary:
             "resumed": self.resumed,
             "cache_hits": self.cache_hits,
             "stop_reason": self.stop_reason,
+            "unpriced": list(self.unpriced),
         }
 
 
@@ -111,6 +113,7 @@ class Tally:
     errors_by_type: Counter[str] = field(default_factory=Counter)
     models: dict[str, dict] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    unpriced: set[str] = field(default_factory=set)  # models with billed rows but no cost
 
     def add(self, table: pa.Table) -> None:
         self.rows += table.num_rows
@@ -119,6 +122,8 @@ class Tally:
         errors = table.filter(pc.equal(status, "error")).column("error_type")
         self.errors_by_type.update(e or "unknown" for e in errors.to_pylist())
         ok_rows = table.filter(pc.equal(status, "ok"))
+        no_cost = ok_rows.filter(pc.is_null(ok_rows.column("cost_usd")))
+        self.unpriced.update(no_cost.column("model").unique().to_pylist())
         self.latency.add_many([v for v in ok_rows.column("latency_s").to_pylist() if v is not None])
         grouped = table.group_by("model").aggregate(
             [
@@ -164,7 +169,12 @@ def render(summary: JobSummary) -> list[str]:
             f"{m.completion_tokens} out{cost}"
         )
     if summary.cost_usd is not None:
-        lines.append(f"cost: ${summary.cost_usd:.4f} (as reported by the server)")
+        lines.append(f"cost: ${summary.cost_usd:.4f}")
+    if summary.unpriced:
+        lines.append(
+            f"no price for: {', '.join(summary.unpriced)} (cost left empty; add them with "
+            "--prices FILE)"
+        )
     if summary.latency_p50 is not None:
         lines.append(
             f"latency: p50 {summary.latency_p50:.3f}s, p95 {summary.latency_p95:.3f}s; "

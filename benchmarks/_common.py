@@ -110,8 +110,20 @@ def snapshot_code(live: bool = False, tries: int = 20, wait_s: float = 15.0) -> 
     Others may edit batcher/ while a benchmark runs; a run that mixes versions (or meets a
     half-saved file) measures nothing. Unless `live`, the package is copied to
     /tmp/batcher-bench/code-<digest>/batcher, checked to import, and every child imports it
-    from there (PYTHONPATH, and cwd outside the source tree). Returns {"path": folder for
-    PYTHONPATH or None, "digest", "source", "newest_mtime"}."""
+    from there (PYTHONPATH, and cwd outside the source tree). BATCHER_BENCH_CODE=FOLDER
+    reuses an earlier snapshot, so several scripts measure the same code. Returns {"path":
+    folder for PYTHONPATH or None, "digest", "source", "newest_mtime"}."""
+    pinned = os.environ.get("BATCHER_BENCH_CODE")
+    if pinned:  # a snapshot folder from an earlier run: measure exactly that code again
+        package = Path(pinned) / "batcher"
+        if not package.is_dir():
+            raise RuntimeError(f"BATCHER_BENCH_CODE={pinned}: no batcher/ folder in it")
+        return {
+            "source": str(package),
+            "digest": code_digest(package),
+            "live": False,
+            "path": pinned,
+        }
     source = source_dir()
     for attempt in range(tries):
         digest = code_digest(source)
