@@ -446,6 +446,67 @@ def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--by", help="Group by these columns: a,b [default: model and param_* columns].")
+@click.option(
+    "--reference-column", metavar="COL", help="The expected answer: adds accuracy per group."
+)
+@click.option(
+    "--answer-column",
+    metavar="COL",
+    help="Compared with the reference [default: the column named like it without "
+    "'expected_', else content].",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-price the rows with this price table [env: BATCHER_PRICES].",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page with charts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def report(
+    path: Path,
+    by: str | None,
+    reference_column: str | None,
+    answer_column: str | None,
+    prices: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Per model and parameter combination: ok and errors, tokens, cost, latency p50/p95,
+    and accuracy against a reference column."""
+    from batcher.cost import PriceTable, with_costs
+    from batcher.report import build_report, render_html, render_report
+    from batcher.status import read_results
+
+    columns = None if by is None else tuple(c.strip() for c in by.split(",") if c.strip())
+    try:
+        table = with_costs(read_results(path), PriceTable.load(prices))
+        found = build_report(
+            table, source=str(path), by=columns, reference=reference_column, answer=answer_column
+        )
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if html_path is not None:
+        try:
+            html_path.write_text(render_html(found), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"--html {html_path}: {exc.strerror}") from None
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), default=str))
+    else:
+        for line in render_report(found):
+            click.echo(line)
+        if html_path is not None:
+            click.echo(f"wrote {html_path}", err=True)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def status(path: Path, as_json: bool) -> None:
     """How far the job writing PATH (OUT.parquet or its OUT.parquet.batcher/) has got.
