@@ -60,6 +60,7 @@ class ResponseCache:
             row_index=request.row_index,
             model_index=request.model_index,
             sample=request.sample,
+            variant=request.variant,
             id=request.row_id,
             model=request.model,
             status=Status.OK,

@@ -41,6 +41,19 @@ def parse_param(value: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def parse_sweeps(values: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """--sweep KEY=V1,V2 (repeatable), or a job file's table {key: [values]}."""
+    if isinstance(values, dict):
+        return tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in values.items())
+    out = []
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip() or not raw:
+            raise click.BadParameter(f"expected KEY=V1,V2,..., got {value!r}", param_hint="--sweep")
+        out.append((key.strip(), tuple(parse_param(f"{key}={v}")[1] for v in raw.split(","))))
+    return tuple(out)
+
+
 def read_text_option(path: str | None, what: str) -> str | None:
     if path is None:
         return None
@@ -105,6 +118,22 @@ JOB_OPTIONS = [
         multiple=True,
         metavar="KEY=JSON",
         help='Any other body key, e.g. top_k=40 or \'reasoning={"effort":"low"}\'.',
+    ),
+    click.option(
+        "--sweep",
+        "sweep",
+        multiple=True,
+        metavar="KEY=V1,V2",
+        help="Send every row with each value of a body key; repeat for the cross product, "
+        "e.g. --sweep temperature=0,0.7,1 (values are JSON, else strings).",
+    ),
+    click.option(
+        "--samples",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Independent requests per row, model and combination (with --seed S, "
+        "sample k uses seed S+k).",
     ),
     click.option("--system", help="System message (a template over the row's columns)."),
     click.option("--system-file", type=click.Path(dir_okay=False), help="System message file."),
@@ -243,6 +272,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params, dict):
         params = dict(parse_param(p) for p in params)
     opts["params"] = params
+    opts["sweep"] = parse_sweeps(opts["sweep"])
     opts["json"] = opts.pop("json_mode")
     system_file = read_text_option(opts.pop("system_file"), "--system-file")
     template_file = read_text_option(opts.pop("template_file"), "--template-file")

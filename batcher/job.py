@@ -155,6 +155,8 @@ class Job:
             prompt_column=spec.prompt_column,
             messages_column=spec.messages_column,
             id_column=spec.id_column,
+            sweep=spec.sweep,
+            samples=spec.samples,
             base_url=self.identity_url,
             on_bad_row=spec.on_bad_row,
         )
@@ -363,6 +365,8 @@ class Job:
         taken = set(OUTPUT_NAMES) | set(kept.names if kept is not None else ())
         layout = Layout(
             input_schema=kept,
+            with_sample=self.spec.samples > 1,
+            params=tuple(param_column(key, values) for key, values in self.spec.sweep),
             structured=self.structured,
             typed=tuple(arrow_fields(self.schema, taken)) if self.schema is not None else (),
         )
@@ -415,6 +419,23 @@ class Job:
             interrupted=self.interrupted,
             job_dir=job_dir,
         )
+
+
+def param_column(key: str, values: tuple) -> tuple[str, pa.DataType, tuple]:
+    """The `param_<key>` column of a swept body key, typed from its values."""
+    kinds = {type(v) for v in values}
+    if kinds == {bool}:
+        kind = pa.bool_()
+    elif kinds == {int}:
+        kind = pa.int64()
+    elif kinds <= {int, float}:
+        kind, values = pa.float64(), tuple(float(v) for v in values)
+    elif kinds == {str}:
+        kind = pa.string()
+    else:  # lists, objects, mixtures: JSON text
+        kind = pa.string()
+        values = tuple(json.dumps(v, sort_keys=True) for v in values)
+    return f"param_{key}", kind, values
 
 
 def kept_columns(keep: str | tuple[str, ...], found: InputScan) -> list[str] | None:

@@ -257,6 +257,11 @@ def _value(
             raise UsageError(f"{prefix}: expected a table of body keys, got {_show(value)}")
         _check_json(value, prefix)
         return dict(value)
+    if name == "sweep" and isinstance(value, dict):  # [sweep] temperature = [0, 0.7]
+        _check_json(value, prefix)
+        if not all(isinstance(v, list) and v for v in value.values()):
+            raise UsageError(f"{prefix}: expected a table of non-empty lists of values")
+        return dict(value)
     if name == "keep_columns" and isinstance(value, list):
         if not all(isinstance(c, str) and c.strip() and "," not in c for c in value):
             raise UsageError(f"{prefix}: expected a list of column names")

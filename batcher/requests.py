@@ -21,6 +21,7 @@ order: row, then model, then sample.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import string
 from array import array
@@ -74,6 +75,8 @@ class RequestSpec:
     base_url: str = ""  # part of the request hash
     on_bad_row: str = "error"  # "error" | "skip"
     samples: int = 1  # requests per (row, model); sample k gets seed + k when seeded
+    # --sweep: body keys and their values; every combination (in order) is its own request
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     # a whole conversation (few-shot) whose message contents are templates over the row
     messages_template: tuple[Mapping[str, Any], ...] | None = None
 
@@ -288,6 +291,7 @@ class _Builder:
             for i, m in enumerate(spec.messages_template or ())
         ]
         self.params = {k: v for k, v in spec.params.items() if v is not None}
+        self.grid = sweep_grid(spec.sweep)
         self.models: dict[str, int] = {m: i for i, m in enumerate(spec.models)}
         used = {spec.prompt_column, spec.messages_column, spec.id_column}
         for t in (self.template, self.system, *(t for _, t in self.conversation)):
@@ -407,24 +411,26 @@ class _Builder:
             _check_json(plan.base)
         out = []
         for model, model_index in plan.targets:
-            for k in range(spec.samples):
-                body = {"model": model, **plan.base}
-                if seeded and k:
-                    body["seed"] = seed + k
-                digest = _hash(body, spec.base_url, k) if hashed else ""
-                out.append(
-                    Request(
-                        index,
-                        plan.row_id,
-                        model,
-                        model_index,
-                        body,
-                        digest,
-                        plan.est_prompt_tokens,
-                        plan.max_tokens,
-                        k,
+            for variant, combination in enumerate(self.grid):
+                for k in range(spec.samples):
+                    body = {"model": model, **plan.base, **combination}
+                    if seeded and k:
+                        body["seed"] = seed + k
+                    digest = _hash(body, spec.base_url, k) if hashed else ""
+                    out.append(
+                        Request(
+                            index,
+                            plan.row_id,
+                            model,
+                            model_index,
+                            body,
+                            digest,
+                            plan.est_prompt_tokens,
+                            _max_tokens(body),
+                            k,
+                            variant=variant,
+                        )
                     )
-                )
         return out
 
     def _bad(self, index: int, row_id: str, message: str, row: dict | None) -> list[Request]:
@@ -435,8 +441,9 @@ class _Builder:
         else:
             targets = tuple((m, i) for i, m in enumerate(self.spec.models)) or (("", 0),)
         return [
-            Request(index, row_id, m, mi, {}, "", 0, None, k, bad_input=message)
+            Request(index, row_id, m, mi, {}, "", 0, None, k, bad_input=message, variant=v)
             for m, mi in targets
+            for v in range(len(self.grid))
             for k in range(self.spec.samples)
         ]
 
@@ -696,3 +703,10 @@ def load_messages_template(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
             raise InputError(f"{source}: message {i} needs a string 'role' and 'content'")
         compile_template(message["content"], f"{source}: message {i}")
     return tuple(data)
+
+
+def sweep_grid(sweep: Iterable[tuple[str, Iterable[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the swept values, first key slowest: [{key: value, ...}, ...]."""
+    keys = [key for key, _ in sweep]
+    values = [tuple(v) for _, v in sweep]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]

@@ -52,9 +52,10 @@ OUTPUT_SCHEMA = pa.schema(
         ("cached", pa.bool_()),
     ]
 )
-# A result's key is (_row, model, sample): the model by name, so a model list edited between
-# runs does not shuffle earlier results.
-KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("sample", pa.int32())])
+# A result's key is (_row, model, _variant, sample): the model by name, so a model list
+# edited between runs does not shuffle earlier results; _variant is the --sweep combination.
+KEY_SCHEMA = pa.schema([("_row", pa.int64()), ("_variant", pa.int32()), ("sample", pa.int32())])
+KEY_NAMES = ("_row", "model", "_variant", "sample")
 # Parts also record when each result was known, for `batcher status`.
 # Structured output (--schema / --json) adds these, then one typed column per property.
 STRUCTURED_SCHEMA = pa.schema([("reasks", pa.int32()), ("parsed", pa.string())])
@@ -71,6 +72,7 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         reply, usage = r.reply, r.usage
         cols["_row"].append(r.row_index)
         cols["sample"].append(r.sample)
+        cols["_variant"].append(r.variant)
         cols["id"].append(r.id)
         cols["model"].append(r.model)
         cols["status"].append(r.status.value)
@@ -212,6 +214,7 @@ class Layout:
     with_sample: bool = False
     structured: bool = False
     typed: tuple[tuple[str, str, pa.DataType], ...] = ()  # (property, column, type)
+    params: tuple[tuple[str, pa.DataType, tuple], ...] = ()  # param_<key>, type, grid values
 
     def input_name(self, name: str) -> str:
         return f"input_{name}" if name in OUTPUT_NAMES else name
@@ -220,6 +223,8 @@ class Layout:
         fields = list(OUTPUT_SCHEMA)
         if self.with_sample:
             fields.insert(2, pa.field("sample", pa.int32()))
+        at = 3 if self.with_sample else 2
+        fields[at:at] = [pa.field(name, kind) for name, kind, _ in self.params]
         if self.structured:
             fields += list(STRUCTURED_SCHEMA)
             fields += [pa.field(column, kind) for _, column, kind in self.typed]
@@ -246,17 +251,22 @@ class Assembler:
         take: list[int] = []
         n_found = found.num_rows
         for request in group.requests:
-            pos = keys.get((request.row_index, request.model, request.sample))
+            pos = keys.get(request.key)
             if pos is None:
                 pos = n_found + len(missing)
                 missing.append(request)
             take.append(pos)
-        results = found.select([*OUTPUT_SCHEMA.names, "sample", *STRUCTURED_SCHEMA.names])
+        results = found.select(
+            [*OUTPUT_SCHEMA.names, "sample", "_variant", *STRUCTURED_SCHEMA.names]
+        )
         if missing:
             filler = results_table(self._not_sent(r) for r in missing)
             results = pa.concat_tables([results, filler.select(results.column_names)])
         out = results.take(pa.array(take, type=pa.int64()))
         columns = {name: out.column(name) for name in out.column_names}
+        for name, kind, values in self.layout.params:
+            picks = pa.array(values, type=kind).take(out.column("_variant"))
+            columns[name] = picks
         if self.layout.typed:
             parsed = [None if v is None else orjson.loads(v) for v in out["parsed"].to_pylist()]
             columns.update(typed_columns(parsed, list(self.layout.typed)))
@@ -284,6 +294,7 @@ class Assembler:
             row_index=request.row_index,
             model_index=request.model_index,
             sample=request.sample,
+            variant=request.variant,
             id=request.row_id,
             model=request.model,
             status=Status.ERROR,
@@ -293,14 +304,12 @@ class Assembler:
         )
 
 
-def _latest_positions(found: pa.Table) -> dict[tuple[int, str, int], int]:
+def _latest_positions(found: pa.Table) -> dict[tuple[int, str, int, int], int]:
     """Key -> row position, the newest part winning when a key was written twice."""
-    rows = found.column("_row").to_pylist()
-    models = found.column("model").to_pylist()
-    samples = found.column("sample").to_pylist()
     parts = found.column("_part").to_pylist()
-    best: dict[tuple[int, str, int], int] = {}
-    for i, key in enumerate(zip(rows, models, samples)):
+    best: dict[tuple[int, str, int, int], int] = {}
+    keys = zip(*(found.column(name).to_pylist() for name in KEY_NAMES))
+    for i, key in enumerate(keys):
         j = best.get(key)
         if j is None or parts[i] >= parts[j]:
             best[key] = i

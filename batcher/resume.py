@@ -24,7 +24,7 @@ from batcher.types import Request
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["_row", "model", "sample", "id", "request_hash", "status"]
+INDEX_COLUMNS = ["_row", "model", "_variant", "sample", "id", "request_hash", "status"]
 
 
 def digest64(*parts: object) -> int:
@@ -34,7 +34,7 @@ def digest64(*parts: object) -> int:
 
 
 def request_key(request: Request) -> int:
-    return digest64(request.row_index, request.model, request.sample)
+    return digest64(*request.key)
 
 
 def request_print(request: Request) -> int:
@@ -62,8 +62,8 @@ class DoneIndex:
         oks: list[bool] = []
         for table in tables:
             cols = [table.column(n).to_pylist() for n in INDEX_COLUMNS]
-            for row, model, sample, row_id, rhash, status in zip(*cols):
-                keys.append(digest64(row, model, sample))
+            for row, model, variant, sample, row_id, rhash, status in zip(*cols):
+                keys.append(digest64(row, model, variant, sample))
                 prints.append(digest64(rhash, row_id))
                 oks.append(status == "ok")
         if not keys:
@@ -143,19 +143,27 @@ def import_output(output: Path, job_dir: Path) -> int:
         return 0
     imported = 0
     row, last_id = -1, object()
+    seen: dict[tuple[str, int], int] = {}  # (model, sample) -> sweep combinations so far
     for number, batch in enumerate(source.iter_batches(batch_size=65536)):
         ids = batch.column("id").to_pylist()
-        rows = []
-        for row_id in ids:
+        models = batch.column("model").to_pylist()
+        samples = batch.column("sample").to_pylist() if "sample" in names else [0] * len(ids)
+        rows, variants = [], []
+        for row_id, model, sample in zip(ids, models, samples):
             if row_id != last_id:
                 row, last_id = row + 1, row_id
+                seen.clear()
+            variants.append(seen.get((model, sample), 0))  # OUT order: model, combination, sample
+            seen[(model, sample)] = variants[-1] + 1
             rows.append(row)
-        columns = {"_row": pa.array(rows, pa.int64())}
+        columns = {
+            "_row": pa.array(rows, pa.int64()),
+            "_variant": pa.array(variants, pa.int32()),
+            "sample": pa.array(samples, pa.int32()),
+        }
         for field in PART_SCHEMA:
             if field.name in names:
                 columns.setdefault(field.name, batch.column(field.name).cast(field.type))
-            elif field.name == "sample":
-                columns["sample"] = pa.array([0] * len(ids), pa.int32())
             else:
                 columns.setdefault(field.name, pa.nulls(len(ids), field.type))
         part = pa.Table.from_pydict(columns, schema=PART_SCHEMA)

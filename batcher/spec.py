@@ -29,6 +29,8 @@ class JobSpec:
     schema: Path | None = None  # JSON Schema of the reply object
     reask: int = 2  # re-asks of a reply that is not valid JSON or breaks the schema
     params: Mapping[str, Any] = field(default_factory=dict)
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # body keys and the values to cross
+    samples: int = 1  # independent requests per (row, model, combination)
     system: str | None = None
     template: str | None = None
     messages_template: Path | None = None
@@ -70,6 +72,14 @@ class JobSpec:
         check_positive("flush-seconds", self.flush_seconds)
         if self.max_retries < 0:
             raise UsageError("--max-retries must be 0 or more")
+        check_positive("samples", self.samples)
+        for key, values in self.sweep:
+            if key in ("model", "messages"):
+                raise UsageError(f"--sweep {key}: use -m for models; messages come from the input")
+            if not values:
+                raise UsageError(f"--sweep {key}: no values")
+        if len({key for key, _ in self.sweep}) != len(self.sweep):
+            raise UsageError("--sweep: the same key twice")
         if self.reask < 0:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:
@@ -146,6 +156,11 @@ def make_spec(**options: Any) -> JobSpec:
             options[name] = (value,)
         elif value is not None:
             options[name] = tuple(value)
+    sweep = options.get("sweep")
+    if isinstance(sweep, Mapping):
+        options["sweep"] = tuple((k, tuple(v)) for k, v in sweep.items())
+    elif sweep is not None:
+        options["sweep"] = tuple((k, tuple(v)) for k, v in sweep)
     keep = options.get("keep_columns")
     if isinstance(keep, (list, tuple)):
         options["keep_columns"] = tuple(keep)

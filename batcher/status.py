@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batcher.errors import UsageError
-from batcher.results import PART_SCHEMA, part_files
+from batcher.results import KEY_NAMES, PART_SCHEMA, part_files
 
 COLUMNS = [
     "_row",
     "model",
+    "_variant",
     "sample",
     "status",
     "error_type",
@@ -86,7 +87,7 @@ def from_job_dir(job_dir: Path, now: float) -> JobStatus:
         except (OSError, ValueError):
             continue  # being replaced or damaged: the job itself deals with it
         for row in rows:
-            latest[(row["_row"], row["model"], row["sample"])] = row
+            latest[(row["_row"], row["model"], row["_variant"], row["sample"])] = row
     per_model = {m: ModelStatus(m) for m in info.get("models", [])}
     totals = info.get("per_model", {})
     times = []
@@ -214,7 +215,7 @@ def read_results(path: Path) -> pa.Table:
         if not tables:
             return PART_SCHEMA.empty_table()
         table = pa.concat_tables(tables, promote_options="permissive")
-        keys = zip(*(table.column(n).to_pylist() for n in ("_row", "model", "sample")))
+        keys = zip(*(table.column(n).to_pylist() for n in KEY_NAMES))
         newest = {key: i for i, key in enumerate(keys)}  # parts are in write order
         return table.take(pa.array(sorted(newest.values()), pa.int64()))
     if path.is_file():

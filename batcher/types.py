@@ -46,10 +46,12 @@ class Request:
     max_tokens: int | None  # the completion bound in the body, if any
     sample: int = 0
     bad_input: str | None = None  # set (and never sent) under --on-bad-row skip
+    variant: int = 0  # position of its parameter combination in the --sweep grid
 
     @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.row_index, self.model_index, self.sample)
+    def key(self) -> tuple[int, str, int, int]:
+        """What identifies its result: row, model, parameter combination, sample."""
+        return (self.row_index, self.model, self.variant, self.sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class Result:
     usage: Usage = field(default_factory=Usage)  # summed over every billed reply
     error_type: str | None = None
     error_message: str | None = None
+    variant: int = 0  # position of its parameter combination in the --sweep grid
     cached: bool = False  # reused from the response cache: nothing was sent
     reasks: int = 0  # follow-up requests asking the model to fix its structured reply
     parsed: dict | None = None  # the valid structured reply

@@ -7,7 +7,7 @@ in its own process, and runs `batcher run IN.jsonl -o OUT.parquet --base-url URL
 -c 64 -q --max-retries 0` once per size, each in a fresh child: the peak RSS is that
 child's own `ru_maxrss` (wait4). A thread also samples /proc/PID/status every 0.2 s to
 tell which phase holds the peak: `check` (until OUT.parquet.batcher/job.json appears),
-`send` (until the temporary OUT appears), `assemble` (after).
+`send` (until the temporary OUT appears), `assemble` (while it exists), `exit` (after).
 
 `batcher estimate IN.jsonl -m mock-1` is measured the same way when `batcher estimate
 --help` works; otherwise it is reported as "not available".
@@ -45,6 +45,7 @@ from _common import (
 )
 
 MODEL = "mock-1"
+PHASES = ["check", "send", "assemble", "exit"]
 
 
 class Sampler(threading.Thread):
@@ -55,7 +56,8 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.output = output
         self.job_json = output.with_name(output.name + ".batcher") / "job.json"
-        self.peaks = {"check": 0.0, "send": 0.0, "assemble": 0.0}
+        self.peaks = dict.fromkeys(PHASES, 0.0)
+        self.last = "check"
         self.phase_start: dict[str, float] = {}
         self.stop_event = threading.Event()
         self.pid: int | None = None
@@ -74,11 +76,19 @@ class Sampler(threading.Thread):
             self.stop_event.wait(0.2)
 
     def phase(self) -> str:
+        """Phases only move forward: after assembly the job directory is removed, which
+        must not read as the checking pass again."""
         if any(self.output.parent.glob(f".{self.output.name}.*.tmp")):
-            return "assemble"
-        if self.job_json.exists():
-            return "send"
-        return "check"
+            seen = "assemble"
+        elif self.job_json.exists():
+            seen = "send"
+        elif self.last in ("send", "assemble", "exit"):
+            seen = "exit"
+        else:
+            seen = "check"
+        if PHASES.index(seen) > PHASES.index(self.last):
+            self.last = seen
+        return self.last
 
 
 def newest_child(ppid: int) -> int | None:
