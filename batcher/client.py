@@ -85,6 +85,7 @@ class Client:
         self._session = session
         self._url = endpoint.url
         self._headers = endpoint.headers()
+        self._key = endpoint.key
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(timeout, 30.0), sock_read=timeout
         )
@@ -105,15 +106,22 @@ class Client:
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            return Attempt(time.perf_counter() - start, error=map_exception(exc))
+            return Attempt(time.perf_counter() - start, error=self._scrub(map_exception(exc)))
         latency = time.perf_counter() - start
         if isinstance(body, AttemptError):
             return Attempt(latency, status, error=body, headers=headers)
         try:
             reply = parse_reply(status, headers, body)
         except AttemptError as exc:
-            return Attempt(latency, status, error=exc, headers=headers)
+            return Attempt(latency, status, error=self._scrub(exc), headers=headers)
         return Attempt(latency, status, reply=reply, headers=headers)
+
+    def _scrub(self, error: AttemptError) -> AttemptError:
+        """A server that echoes the key in its error text must not put it in the output."""
+        if self._key and self._key in error.message:
+            error.message = error.message.replace(self._key, "***")
+            error.args = (error.message,)
+        return error
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes | AttemptError:
         """The whole body, or an error when it is larger than the cap (read no further)."""
@@ -203,7 +211,7 @@ def completion(data: dict[str, Any], status: int) -> Reply:
         usage=usage_of(data),
         response_id=str_or_none(data.get("id") or data.get("request_id")),
         response_model=str_or_none(data.get("model")),
-        created=int_or_none(data.get("created")),
+        created=unix_seconds(data.get("created")),
         search_results=json_or_none(data.get("search_results")),
         warning=warning_of(data.get("warning")),
     )
@@ -243,7 +251,15 @@ def status_error(
     if status == 200:  # an error body on a 200: judge it by its own numeric code if any
         first = code.split(" ", 1)[0]
         status = int(first) if first.isdigit() else 500
-    if may_be_quota and any(word in lowered for word in QUOTA_WORDS):
+    rate_wording = any(
+        w in lowered for w in ("per minute", "per second", "rate limit", "rate_limit")
+    )
+    if (
+        may_be_quota
+        and wait is None
+        and not rate_wording
+        and any(w in lowered for w in QUOTA_WORDS)
+    ):
         return FatalError(ErrorType.QUOTA_EXHAUSTED, message, http_status=status, job_fatal=True)
     if status == 429 and "concurren" in lowered:
         return RetryableError(
@@ -361,6 +377,14 @@ def int_or_none(value: Any) -> int | None:
     if isinstance(value, float) and value == value:
         return int(value)
     return None
+
+
+def unix_seconds(value: Any) -> int | None:
+    """`created` as unix seconds; milliseconds and nanoseconds are scaled, nonsense dropped."""
+    seconds = int_or_none(value)
+    while seconds is not None and seconds > 10**11:  # ms, us or ns since 1970
+        seconds //= 1000
+    return seconds if seconds is not None and 0 <= seconds < 10**11 else None
 
 
 def count(value: Any) -> int:

@@ -143,9 +143,9 @@ class Engine:
             except Exception as exc:  # e.g. an input error found while streaming
                 failure.append(exc)
                 self.stop("the request stream failed")
-            finally:
-                for _ in range(workers):
-                    await todo.put(None)
+            # End markers only on a normal finish: cancelled, nobody is left to read them.
+            for _ in range(workers):
+                await todo.put(None)
 
         async def work() -> None:
             try:
@@ -155,19 +155,20 @@ class Engine:
                     result = await self._process(request)
                     if result is not None:
                         await done.put(result)
-            finally:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.put_nowait(_DONE)
+            except Exception as exc:  # a bug: surface it instead of hiding it
+                failure.append(exc)
+                self.stop("internal error")
+                while await todo.get() is not None:  # keep the producer from blocking
+                    pass
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                await done.put(_DONE)
 
         tasks = [asyncio.ensure_future(produce())]
         tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
         try:
             while (item := await done.get()) is not _DONE:
                 yield item  # type: ignore[misc]
-            for task in tasks:  # surface a worker's own bug instead of hiding it
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
             if failure:
                 raise failure[0]
         finally:

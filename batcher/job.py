@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -195,7 +196,9 @@ class Job:
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
             found = await asyncio.to_thread(self.scan)
+            kept_columns(spec.keep_columns, found)  # a wrong name fails before sending
             job_dir = job_dir_for(output)
+            stack.enter_context(job_lock(output))
             done, self.already_done = await asyncio.to_thread(self._resume_index, output, job_dir)
             prepare_job_dir(job_dir, spec, found)
             cache = None
@@ -236,8 +239,15 @@ class Job:
             return DoneIndex.empty(), 0
         imported = False
         if not job_dir.exists() and output.exists():
-            job_dir.mkdir()
-            imported = import_output(output, job_dir) > 0
+            staging = job_dir.with_name(f".{job_dir.name}.importing")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            try:
+                imported = import_output(output, staging) > 0
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            staging.rename(job_dir)  # all of OUT, or nothing: a kill here loses no result
         if not job_dir.exists():
             return DoneIndex.empty(), 0
         index = load_index(job_dir)
@@ -286,12 +296,30 @@ class Job:
         results = self.engine.run(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
 
-        def flush() -> Awaitable[object]:
+        lock = asyncio.Lock()  # one part at a time, in order
+        writes: list[asyncio.Future] = []  # part writes in threads: awaited before the end
+
+        async def flush() -> None:
+            nonlocal last_flush
+            last_flush = time.monotonic()
             if self.cache is not None:
                 self.cache.put(fresh)
                 fresh.clear()
-            return asyncio.to_thread(writer.flush)
+            taken = writer.take()
+            if taken is not None:
+                async with lock:
+                    write = asyncio.ensure_future(asyncio.to_thread(writer.write, *taken))
+                    writes.append(write)
+                    await asyncio.shield(write)  # a cancelled flush still finishes its part
 
+        async def tick() -> None:
+            """Flush on time even while no result arrives (a slow or hung request)."""
+            while True:
+                await asyncio.sleep(max(0.0, last_flush + flush_seconds - time.monotonic()))
+                if time.monotonic() - last_flush >= flush_seconds:
+                    await flush()
+
+        ticker = asyncio.ensure_future(tick())
         try:
             async for result in results:
                 writer.add(result)
@@ -302,15 +330,21 @@ class Job:
                 prompt += result.usage.prompt_tokens
                 completion += result.usage.completion_tokens
                 now = time.monotonic()
-                if writer.pending >= flush_rows or now - last_flush >= flush_seconds:
+                if writer.pending >= flush_rows:
                     await flush()
-                    last_flush = now
                 if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
                     last_progress = now
                     self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            failed = [r for r in await asyncio.gather(*writes, return_exceptions=True) if r]
             await results.aclose()
-            await flush()
+            writer.flush()  # synchronously: a second Ctrl-C cannot cut it short
+            if self.cache is not None:
+                self.cache.put(fresh)
+        if failed:
+            raise failed[0]
         if self.progress is not None:
             self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         return counts
@@ -479,6 +513,24 @@ def prepare_job_dir(job_dir: Path, spec: JobSpec, found: InputScan) -> None:
     tmp = job_dir / ".job.json.tmp"
     tmp.write_text(json.dumps(info, indent=2, default=str))
     tmp.replace(job_dir / "job.json")
+
+
+@contextlib.contextmanager
+def job_lock(output: Path) -> Iterator[None]:
+    """One job at a time per OUT: a second would send (and bill) every row again."""
+    path = output.with_name(f".{output.name}.lock")
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole job
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(
+                f"{output}: another batcher job is writing this output; wait for it or "
+                "choose another -o"
+            ) from None
+        yield
+    finally:
+        handle.close()
 
 
 def remove_stale_temporaries(output: Path) -> None:

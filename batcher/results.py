@@ -148,16 +148,25 @@ class PartWriter:
     def add(self, result: Result) -> None:
         self._buffer.append(result)
 
-    def flush(self) -> Path | None:
+    def take(self) -> tuple[list[Result], Path] | None:
+        """The buffered results and the part they go to; the buffer starts afresh."""
         if not self._buffer:
             return None
-        table = results_table(self._buffer)
+        batch, self._buffer = self._buffer, []
         path = self.job_dir / f"part-{self._next:06d}.parquet"
-        write_atomic(table, path)
         self._next += 1
-        self.written += len(self._buffer)
-        self._buffer = []
-        return path
+        return batch, path
+
+    def write(self, batch: list[Result], path: Path) -> None:
+        """Write taken results (safe in a worker thread while new results are added)."""
+        write_atomic(results_table(batch), path)
+        self.written += len(batch)
+
+    def flush(self) -> Path | None:
+        taken = self.take()
+        if taken is not None:
+            self.write(*taken)
+        return taken[1] if taken else None
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -241,7 +250,11 @@ class Assembler:
         self.schema = layout.schema()
         self.not_sent_reason = not_sent_reason
         files = part_files(job_dir)
-        self._dataset = ds.dataset([str(f) for f in files], format="parquet") if files else None
+        self._dataset = (  # the current layout: parts written by an older one still read
+            ds.dataset([str(f) for f in files], format="parquet", schema=PART_SCHEMA)
+            if files
+            else None
+        )
         self._part_of = {str(f): i for i, f in enumerate(files)}
 
     def table(self, group: RequestGroup) -> pa.Table:

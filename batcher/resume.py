@@ -19,12 +19,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batcher.errors import UsageError
 from batcher.results import PART_SCHEMA, part_files, write_atomic
 from batcher.types import Request
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["_row", "model", "_variant", "sample", "id", "request_hash", "status"]
+INDEX_COLUMNS = [
+    "_row",
+    "model",
+    "_variant",
+    "sample",
+    "id",
+    "request_hash",
+    "status",
+    "error_type",
+]
+# Errors that say every request would fail the same way: the job stopped on them, and once
+# the cause is fixed (a key, a top-up, a model name) a rerun should send those rows again.
+REDO_ERRORS = frozenset({"auth_error", "permission_denied", "quota_exhausted", "not_found"})
 
 
 def digest64(*parts: object) -> int:
@@ -38,7 +51,7 @@ def request_key(request: Request) -> int:
 
 
 def request_print(request: Request) -> int:
-    return digest64(request.request_hash, request.row_id)
+    return digest64(request.request_hash or "", request.row_id)
 
 
 @dataclass(frozen=True)
@@ -48,11 +61,12 @@ class DoneIndex:
     keys: np.ndarray
     prints: np.ndarray
     ok: np.ndarray
+    redo: np.ndarray  # results to send again in any case (see REDO_ERRORS)
 
     @classmethod
     def empty(cls) -> DoneIndex:
         none = np.zeros(0, dtype=np.int64)
-        return cls(none, none, np.zeros(0, dtype=bool))
+        return cls(none, none, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
 
     @classmethod
     def build(cls, tables: Iterable[pa.Table]) -> DoneIndex:
@@ -60,12 +74,16 @@ class DoneIndex:
         keys: list[int] = []
         prints: list[int] = []
         oks: list[bool] = []
+        redo: list[bool] = []
         for table in tables:
             cols = [table.column(n).to_pylist() for n in INDEX_COLUMNS]
-            for row, model, variant, sample, row_id, rhash, status in zip(*cols):
+            for row, model, variant, sample, row_id, rhash, status, error_type in zip(*cols):
                 keys.append(digest64(row, model, variant, sample))
-                prints.append(digest64(rhash, row_id))
+                prints.append(digest64(rhash or "", row_id))
+                # an error every request would have met (bad key, no quota) is not done:
+                # the rerun after the fix sends it again
                 oks.append(status == "ok")
+                redo.append(error_type in REDO_ERRORS)
         if not keys:
             return cls.empty()
         k = np.array(keys, dtype=np.int64)
@@ -75,7 +93,12 @@ class DoneIndex:
         last = np.ones(len(k), dtype=bool)
         last[:-1] = k[1:] != k[:-1]
         pick = order[last]
-        return cls(k[last], np.array(prints, dtype=np.int64)[pick], np.array(oks)[pick])
+        return cls(
+            k[last],
+            np.array(prints, dtype=np.int64)[pick],
+            np.array(oks, dtype=bool)[pick],
+            np.array(redo, dtype=bool)[pick],
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -89,7 +112,10 @@ class DoneIndex:
 
     def is_done(self, request: Request, *, retry_errors: bool = False) -> bool:
         i = self.find(request_key(request))
-        return i >= 0 and (bool(self.ok[i]) or not retry_errors)
+        return i >= 0 and self._done(i, retry_errors)
+
+    def _done(self, i: int, retry_errors: bool) -> bool:
+        return bool(self.ok[i]) or not (retry_errors or self.redo[i])
 
     def compare(
         self, requests: Iterable[Request], *, retry_errors: bool = False
@@ -103,7 +129,7 @@ class DoneIndex:
                 continue
             if self.prints[i] != request_print(request):
                 return done, request
-            done += bool(self.ok[i]) or not retry_errors
+            done += self._done(i, retry_errors)
         return done, None
 
 
@@ -137,10 +163,17 @@ def import_output(output: Path, job_dir: Path) -> int:
     is input row n. Rows never sent are left out: they are not done.
     Returns the number of results imported.
     """
-    source = pq.ParquetFile(output)
+    try:
+        source = pq.ParquetFile(output)
+        is_ours = b"batcher" in (source.metadata.metadata or {})
+    except (OSError, pa.ArrowException):
+        is_ours = False
+    if not is_ours:
+        raise UsageError(
+            f"{output}: exists and is not a batcher output; choose another -o, or use --fresh "
+            "to replace it"
+        )
     names = set(source.schema_arrow.names)
-    if not {"id", "model", "status", "request_hash"} <= names:
-        return 0
     imported = 0
     row, last_id = -1, object()
     seen: dict[tuple[str, int], int] = {}  # (model, sample) -> sweep combinations so far

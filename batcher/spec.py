@@ -80,6 +80,8 @@ class JobSpec:
                 raise UsageError(f"--sweep {key}: no values")
         if len({key for key, _ in self.sweep}) != len(self.sweep):
             raise UsageError("--sweep: the same key twice")
+        if self.params.get("stream") or self.params.get("stream_options") is not None:
+            raise UsageError("streaming requests are not supported: remove 'stream' from --param")
         if self.reask < 0:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:
@@ -129,8 +131,8 @@ class JobSpec:
 
 
 def check_positive(name: str, value: float) -> None:
-    if (isinstance(value, float) and math.isnan(value)) or value <= 0:
-        raise UsageError(f"--{name} must be greater than 0, got {value}")
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise UsageError(f"--{name} must be a finite number greater than 0, got {value}")
 
 
 def make_spec(**options: Any) -> JobSpec:

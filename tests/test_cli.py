@@ -330,7 +330,10 @@ def test_template_errors(cli, api, tmp_path):
 
 def test_bad_options_exit_2(cli, tmp_path):
     result = cli("run", SAMPLE / "questions.jsonl", "-o", tmp_path / "o.parquet", "-c", "0")
-    assert result.exit_code == 2 and "--concurrency must be greater than 0" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--concurrency must be a finite number greater than 0" in result.stderr
+    )
     result = cli(
         "run", SAMPLE / "questions.jsonl", "-o", tmp_path / "o.parquet", "--provider", "openai"
     )

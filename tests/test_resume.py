@@ -257,13 +257,12 @@ def test_retry_errors_touches_only_error_rows(cli, api, tmp_path):
     assert cli(*base).exit_code == 1
     first = pq.read_table(out).to_pylist()
     assert [r["status"] for r in first] == ["ok", "ok", "error", "ok", "error", "ok"]
-    assert cli(*base).exit_code == 1  # a plain rerun keeps the errors, sends nothing
-    assert len(api.log) == 6
+    # a plain rerun keeps the row error (400) but sends the job-wide one (quota) again,
+    # as after a top-up
+    assert cli(*base).exit_code == 1
+    assert [e.body["messages"][0]["content"] for e in api.log[6:]] == [rows[4]["prompt"]]
     assert cli(*base, "--retry-errors").exit_code == 0
-    assert [e.body["messages"][0]["content"] for e in api.log[6:]] == [
-        rows[2]["prompt"],
-        rows[4]["prompt"],
-    ]
+    assert [e.body["messages"][0]["content"] for e in api.log[7:]] == [rows[2]["prompt"]]
     second = pq.read_table(out).to_pylist()
     assert all(r["status"] == "ok" for r in second)
     for i in (0, 1, 3, 5):
