@@ -239,7 +239,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
     try:
         options = run_options(with_job_file(ctx, opts))
         spec = make_spec(**options)
-        job = Job(spec)
+        job = Job(spec, need_key=not spec.dry_run)  # a dry run sends nothing
         if spec.dry_run:
             print_dry_run(asyncio.run(job.dry_run()))
             return

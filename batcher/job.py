@@ -118,7 +118,9 @@ class Job:
         self.provider = resolve_provider(
             spec.provider, spec.base_url, spec.auth_header, spec.api_key_env
         )
-        self._key = read_key(self.provider, spec.api_key_file) if need_key else None
+        self._key = None
+        if need_key or spec.api_key_file or os.environ.get(self.provider.key_env or "", ""):
+            self._key = read_key(self.provider, spec.api_key_file)
         self.schema = load_schema(spec.schema) if spec.schema is not None else None
         self.prices = PriceTable.load(spec.prices)
         # Request hashes name the endpoint; the in-process mock's port changes every run,
