@@ -10,6 +10,13 @@ the mock are reproducible. Faults come from two places:
 * ``MockConfig.fail_rate``: a seeded random share of attempts fails with a kind drawn
   from ``MockConfig.faults``.
 
+A body with ``"stream": true`` is answered as Server-Sent Events (``text/event-stream``):
+the same reply as the non-streamed request, as ``chat.completion.chunk`` deltas of a few words,
+a finish chunk, a usage chunk (only with ``stream_options.include_usage``) and ``data: [DONE]``;
+with ``usage_style="octen"`` as Octen's typed chunks (``search_done``, ``content``, ``finish``,
+``usage``). Error kinds answer a plain JSON error before any stream; ``cutstream`` sends half
+the chunks and closes the connection (half the body, for a non-streamed request).
+
 Order of checks for ``POST /v1/chat/completions``: API key (401), body (400, unknown
 model 404), concurrency (429), requests per minute (429), directives, random faults.
 The rpm window holds every request the rpm check admitted (its arrival time), whatever
@@ -125,7 +132,7 @@ _REPLY_KINDS = frozenset(
     }
 )
 # Kinds handled by the slow path (they wait or write a stream).
-_ACTION_KINDS = frozenset({"drop", "hang", "huge", "drip"})
+_ACTION_KINDS = frozenset({"drop", "hang", "huge", "drip", "cutstream"})
 FAULT_KINDS = frozenset(_ERROR_KINDS) | _REPLY_KINDS | _ACTION_KINDS | {"balance", "html"}
 
 _STYLES = ("openai", "octen")
@@ -135,6 +142,9 @@ _HUGE_CHUNK = 1024 * 1024
 _DRIP_INTERVAL = 1.0
 _JSON = "application/json"
 _JSON_HEADERS = {"Content-Type": _JSON}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_SSE_DONE = b"data: [DONE]\n\n"
+_WORDS_PER_DELTA = 3
 _UNPARSEABLE = object()
 _DIRECTIVE_MARK = b"[[mock:"
 _DIRECTIVE_RE = re.compile(r"\[\[mock:([A-Za-z0-9_]+?)(?:x(\d+))?((?::[A-Za-z_]+=[^\]:]*)*)\]\]")
@@ -589,8 +599,6 @@ def _invalid_reason(body: Any) -> str | None:
         value = body.get(name)
         if value is not None and (type(value) is not int or value < 1):
             return f"'{name}' must be an integer >= 1."
-    if body.get("stream") is True:
-        return "'stream': true is not supported by the mock server."
     return _invalid_response_format(body.get("response_format"))
 
 
@@ -681,17 +689,27 @@ def _huge_chunk() -> bytes:
 
 
 class _Req:
-    """One parsed POST: body, key, texts and how it authenticated."""
+    """One parsed POST: body, key, texts and how it authenticated.
 
-    __slots__ = ("auth", "body", "digest", "key", "model", "t", "texts")
+    `reply_key` (and `digest`) pick the reply: the key of the body without `stream` and
+    `stream_options`, so a streamed request gets the same reply as the plain one.
+    """
+
+    __slots__ = ("auth", "body", "digest", "key", "model", "reply_key", "t", "texts")
 
     def __init__(self, t: float, body: Any, key: str, auth: str | None) -> None:
         self.t = t
         self.body = body
         self.key = key
         self.auth = auth
-        self.digest = bytes.fromhex(key)
         ok = isinstance(body, dict)
+        self.reply_key = key
+        if ok and ("stream" in body or "stream_options" in body):
+            plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            self.reply_key = hashlib.sha256(
+                orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+            ).hexdigest()
+        self.digest = bytes.fromhex(self.reply_key)
         self.model = body.get("model") if ok and isinstance(body.get("model"), str) else None
         self.texts: list[str] = []
 
@@ -707,7 +725,7 @@ class _Req:
 class _Plan:
     """What to answer: a ready response or an action, and the log entry to record."""
 
-    __slots__ = ("action", "admitted", "data", "entry", "response")
+    __slots__ = ("action", "admitted", "data", "entry", "events", "headers", "response")
 
     def __init__(
         self,
@@ -719,8 +737,10 @@ class _Plan:
         self.entry = entry
         self.response = response
         self.action = action
-        self.data = data  # the body a `drip` writes
+        self.data = data  # the body a `drip` or `cutstream` writes
         self.admitted = False
+        self.events: list[bytes] | None = None  # the SSE events of a streamed reply
+        self.headers: dict[str, str] | None = None  # extra headers of a streamed reply
 
 
 def _reply_text(req: _Req) -> str:
@@ -768,7 +788,7 @@ def _search_results(req: _Req) -> list[dict[str, str]]:
     return [
         {
             "title": f"Mock result {i + 1}: {topic}",
-            "url": f"https://example.com/mock/{req.key[i * 8 : i * 8 + 8]}",
+            "url": f"https://example.com/mock/{req.reply_key[i * 8 : i * 8 + 8]}",
             "snippet": f"{_WORDS[req.digest[8 + i] % len(_WORDS)]} facts about {topic}",
         }
         for i in range(2)
@@ -796,7 +816,7 @@ def _completion(req: _Req, fault: str | None, usage_style: str) -> dict[str, Any
         "total_tokens": prompt_tokens + completion_tokens,
     }
     search = _wants_search(body)
-    rid = "chatcmpl-mock-" + req.key[:12]
+    rid = "chatcmpl-mock-" + req.reply_key[:12]
     out: dict[str, Any] = {
         "request_id" if usage_style == "octen" else "id": rid,
         "object": "chat.completion",
@@ -834,7 +854,7 @@ def _alter_message(req: _Req, fault: str, message: dict, finish: str) -> tuple[s
         message["content"] = None
         message["tool_calls"] = [
             {
-                "id": "call_mock_" + req.key[:12],
+                "id": "call_mock_" + req.reply_key[:12],
                 "type": "function",
                 "function": {"name": "lookup", "arguments": arguments},
             }
@@ -881,6 +901,93 @@ def _reply_fault_response(req: _Req, fault: str, style: str) -> web.Response:
     elif fault == "invalid_utf8":
         data = data.replace(_UTF8_MARK.encode(), b"bad bytes \xff\xfe\xfd here: ", 1)
     return web.Response(status=200, body=data, headers=_JSON_HEADERS)
+
+
+# ------------------------------------------------------------------------ streamed replies
+
+
+def _pieces(text: str | None, words: int) -> list[str]:
+    """`text` in pieces of `words` words (whitespace kept: the pieces join back to `text`)."""
+    if not text:
+        return []
+    tokens = re.split(r"(?<=\s)(?=\S)", text)
+    return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    """One `data: <json>` event."""
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _stream_events(req: _Req, fault: str | None, style: str) -> list[bytes]:
+    """The SSE events of the reply to `req` (the non-streamed reply, cut into deltas)."""
+    if fault == "empty":
+        return [_SSE_DONE]
+    data = _completion(req, fault, style)
+    octen = style == "octen"
+    base = {
+        "request_id" if octen else "id": data.get("request_id") or data.get("id"),
+        "object": "chat.completion.chunk",
+        "created": data["created"],
+        "model": data["model"],
+    }
+    choices = data["choices"]
+    message = choices[0]["message"] if choices else {}
+    finish = choices[0]["finish_reason"] if choices else None
+    usage = data.get("meta", {}).get("usage") if octen else data.get("usage")
+    options = req.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+    def delta(d: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        extra = {"type": "content"} if octen else {}
+        choice = {"index": 0, "delta": d, "finish_reason": finish_reason}
+        return {**base, **extra, "choices": [choice]}
+
+    chunks: list[dict[str, Any]] = []
+    search = {k: data[k] for k in ("search_results", "warning") if k in data}
+    if octen and search:
+        chunks.append({**base, "type": "search_done", **search})
+    if choices and not octen:
+        content = message.get("content")
+        first = delta({"role": "assistant", "content": "" if content is not None else None})
+        chunks.append({**first, **search})
+    for piece in _pieces(message.get("reasoning_content"), _WORDS_PER_DELTA):
+        chunks.append(delta({"reasoning_content": piece}))
+    for piece in _pieces(message.get("content"), _WORDS_PER_DELTA):
+        chunks.append(
+            {**base, "type": "content", "content": piece} if octen else delta({"content": piece})
+        )
+    for piece in _pieces(message.get("refusal"), _WORDS_PER_DELTA):
+        chunks.append(delta({"refusal": piece}))
+    for i, call in enumerate(message.get("tool_calls") or ()):
+        function = call["function"]
+        head = {"index": i, "id": call["id"], "type": call["type"]}
+        head["function"] = {"name": function["name"], "arguments": ""}
+        chunks.append(delta({"tool_calls": [head]}))
+        for piece in _pieces(function["arguments"], 1):
+            chunks.append(delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    if choices:
+        if octen:
+            chunks.append({**base, "type": "finish", "finish_reason": finish})
+        else:
+            chunks.append(delta({}, finish))
+    elif not octen and search:
+        chunks.append({**base, "choices": [], **search})
+    if usage is not None and (octen or include_usage):
+        chunks.append(
+            {**base, "type": "usage", "usage": usage}
+            if octen
+            else {**base, "choices": [], "usage": usage}
+        )
+    events = [_sse(c) for c in chunks]
+    if fault == "badjson":
+        events.insert(len(events) // 2, b"data: " + _BAD_JSON + b"\n\n")
+    elif fault == "invalid_utf8":
+        bad = b"bad bytes \xff\xfe\xfd here: "
+        events = [e.replace(_UTF8_MARK.encode(), bad, 1) for e in events]
+    if fault == "truncated":  # the body ends cleanly, half-way and without [DONE]
+        return events[: max(1, len(events) // 2)]
+    return [*events, _SSE_DONE]
 
 
 # ------------------------------------------------------------------------------- state
@@ -1090,6 +1197,10 @@ class _State:
     ) -> _Plan:
         """The plan for an admitted request with `fault` (None: a normal reply)."""
         style = self.config.usage_style
+        if req.body.get("stream") is True and (
+            fault is None or fault in _REPLY_KINDS or fault in _ACTION_KINDS
+        ):
+            return self.stream_plan(req, fault, headers)
         if fault is None:
             data = orjson.dumps(_completion(req, None, style))
             return _Plan(self.entry(req, 200, None), _json_response(200, data, headers))
@@ -1098,7 +1209,7 @@ class _State:
         if fault in _ACTION_KINDS:
             data = b"" if fault == "drop" else orjson.dumps(_completion(req, None, style))
             response = _json_response(200, data, headers) if fault == "hang" else None
-            status = 200 if fault in ("huge", "drip") else 0
+            status = 200 if fault in ("huge", "drip", "cutstream") else 0
             return _Plan(self.entry(req, status, fault), response, fault, data)
         status, data, ctype = _fault_error(self.config.error_style, fault, req.model)
         extra = dict(headers or {})
@@ -1110,6 +1221,16 @@ class _State:
         return _Plan(
             self.entry(req, status, fault), web.Response(status=status, body=data, headers=extra)
         )
+
+    def stream_plan(self, req: _Req, fault: str | None, headers: dict[str, str] | None) -> _Plan:
+        """The plan of a `"stream": true` request (always the slow path)."""
+        kind = fault if fault in _REPLY_KINDS else None
+        status = 0 if fault in ("drop", "hang") else 200
+        action = fault if fault in _ACTION_KINDS else "stream"
+        plan = _Plan(self.entry(req, status, fault), None, action)
+        plan.events = _stream_events(req, kind, self.config.usage_style)
+        plan.headers = headers
+        return plan
 
 
 def _auth(request: web.BaseRequest, api_key: str | None) -> tuple[str | None, bool]:
@@ -1146,10 +1267,17 @@ async def _respond_slow(state: _State, request: web.BaseRequest, plan: _Plan) ->
         action = plan.action
         if action == "drop":
             return _drop(request)
-        if action == "hang":
-            if await state.wait(state.config.hang_seconds):
-                return _drop(request)
-        elif action in ("huge", "drip"):
+        if action == "hang" and await state.wait(state.config.hang_seconds):
+            return _drop(request)
+        if plan.events is not None:
+            status = 200
+            if action == "huge":
+                return await _write_huge_events(state, request, entry.model)
+            return await _write_events(state, request, plan, action)
+        if action == "cutstream":
+            status = 200
+            return await _write_cut(request, plan.data)
+        if action in ("huge", "drip"):
             status = 200
             if action == "huge":
                 return await _write_huge(state, request, entry.model)
@@ -1199,6 +1327,59 @@ async def _write_drip(state: _State, request: web.BaseRequest, data: bytes) -> A
     except ConnectionError:
         pass
     return response
+
+
+async def _write_events(
+    state: _State, request: web.BaseRequest, plan: _Plan, action: str | None
+) -> Any:
+    """Write a streamed reply (one event a second for `drip`; half, then close, for `cutstream`)."""
+    events = plan.events or []
+    if action == "cutstream":
+        events = events[: len(events) // 2]
+    interval = _DRIP_INTERVAL if action == "drip" else 0.0
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **(plan.headers or {})})
+    try:
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+            if state.closing.is_set() or (interval and await state.wait(interval)):
+                return _drop(request)
+    except ConnectionError:
+        return response
+    if action == "cutstream":
+        return _drop(request)
+    return response
+
+
+async def _write_huge_events(state: _State, request: web.BaseRequest, model: str | None) -> Any:
+    """Stream ~100 MB of 1 MB content deltas; stop when the client or server goes away."""
+    base = {"id": "chatcmpl-mock-huge", "object": "chat.completion.chunk", "model": model}
+    chunk = {**base, "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+    event = _sse(chunk).replace(b'"content":"x"', b'"content":"' + _huge_chunk() + b'"', 1)
+    finish = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    try:
+        await response.prepare(request)
+        for _ in range(_HUGE_BYTES // len(event)):
+            if state.closing.is_set():
+                return _drop(request)
+            await response.write(event)
+        await response.write(_sse(finish) + _SSE_DONE)
+    except ConnectionError:
+        pass
+    return response
+
+
+async def _write_cut(request: web.BaseRequest, data: bytes) -> Any:
+    """Announce the whole body, write half of it and close the connection (`cutstream`)."""
+    response = web.StreamResponse(status=200, headers=_JSON_HEADERS)
+    response.content_length = len(data)
+    try:
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+    except ConnectionError:
+        return response
+    return _drop(request)
 
 
 def _chat_handler(state: _State) -> Callable[[web.Request], Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batcher.structured import typed_columns
@@ -249,13 +249,10 @@ class Assembler:
         self.layout = layout
         self.schema = layout.schema()
         self.not_sent_reason = not_sent_reason
-        files = part_files(job_dir)
-        self._dataset = (  # the current layout: parts written by an older one still read
-            ds.dataset([str(f) for f in files], format="parquet", schema=PART_SCHEMA)
-            if files
-            else None
-        )
-        self._part_of = {str(f): i for i, f in enumerate(files)}
+        # Each part's row range, read once from its footer: a window of rows then opens
+        # only the parts that overlap it (parts are written roughly in input order).
+        self._parts = [(i, path, *_row_range(path)) for i, path in enumerate(part_files(job_dir))]
+        self._cache: dict[int, pa.Table] = {}
 
     def table(self, group: RequestGroup) -> pa.Table:
         found = self._results(group.start, group.stop)
@@ -291,16 +288,32 @@ class Assembler:
         return pa.Table.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
 
     def _results(self, start: int, stop: int) -> pa.Table:
-        if self._dataset is None:
-            return results_table([]).append_column("_part", pa.array([], pa.int32()))
-        rows = ds.field("_row")
-        table = self._dataset.to_table(
-            filter=(rows >= start) & (rows < stop),
-            columns=[*PART_SCHEMA.names, "__filename"],
-        )
-        parts = [self._part_of[name] for name in table.column("__filename").to_pylist()]
-        table = table.drop_columns(["__filename"])
-        return table.append_column("_part", pa.array(parts, pa.int32()))
+        """Every stored result of rows [start, stop), with the number of its part."""
+        tables = []
+        for number, path, low, high in self._parts:
+            if high < start or low >= stop:
+                continue
+            table = self._part(number, path)
+            rows = table.column("_row")
+            inside = pc.and_(pc.greater_equal(rows, start), pc.less(rows, stop))
+            table = table.filter(inside)
+            tables.append(
+                table.append_column("_part", pa.array([number] * table.num_rows, pa.int32()))
+            )
+            if high < stop:  # wholly used: later windows will not need it
+                self._cache.pop(number, None)
+        if not tables:
+            return PART_SCHEMA.empty_table().append_column("_part", pa.array([], pa.int32()))
+        return pa.concat_tables(tables)
+
+    def _part(self, number: int, path: Path) -> pa.Table:
+        if number not in self._cache:
+            table = pq.read_table(path)
+            missing = [f for f in PART_SCHEMA if f.name not in table.column_names]
+            for f in missing:  # written by an older layout
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+            self._cache[number] = table.select(PART_SCHEMA.names).cast(PART_SCHEMA)
+        return self._cache[number]
 
     def _not_sent(self, request: Request) -> Result:
         return Result(
@@ -315,6 +328,20 @@ class Assembler:
             error_type=ErrorType.NOT_SENT.value,
             error_message=self.not_sent_reason,
         )
+
+
+def _row_range(path: Path) -> tuple[int, int]:
+    """The smallest and largest `_row` of a part, from its footer statistics."""
+    meta = pq.read_metadata(path)
+    column = meta.schema.names.index("_row")
+    low, high = None, None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return 0, 2**62  # no statistics: look at it for every window
+        low = stats.min if low is None else min(low, stats.min)
+        high = stats.max if high is None else max(high, stats.max)
+    return (low, high) if low is not None else (1, 0)
 
 
 def _latest_positions(found: pa.Table) -> dict[tuple[int, str, int, int], int]:

@@ -307,6 +307,8 @@ class MockServer:
             self.proc.stdout.close()
         with contextlib.suppress(Exception):
             self._err.close()
+            if self.url:  # it started: its stderr is of no further interest
+                Path(self._err.name).unlink(missing_ok=True)
 
 
 def version_of(name: str) -> str | None:

@@ -57,7 +57,13 @@ PHASES = [
         "batcher/results.py",
         "PartWriter.flush",
     ),
+    (
+        "part flush (results -> parquet part, worker thread)",
+        "batcher/results.py",
+        "PartWriter.write",
+    ),
     ("assembly (parts + input -> OUT, worker thread)", "batcher/job.py", "Job._assemble"),
+    ("part flush (results -> parquet part, worker thread)", "batcher/results.py", "write_atomic"),
     (
         "send: request producer (read, build, hash, resume check)",
         "batcher/engine.py",
@@ -144,6 +150,38 @@ def innermost_batcher(frames: list[tuple[str, str]]) -> str | None:
     return None
 
 
+def component_of(phase: str, frames: list[tuple[str, str]]) -> str:
+    """One bucket per part of batcher (C calls such as orjson, hashlib and pyarrow count
+    for the Python function that made them)."""
+    if not phase.startswith(SEND) and not phase.startswith("event loop"):
+        return phase
+    if phase.startswith("event loop"):
+        return "asyncio event loop (select, scheduling)"
+    owner = innermost_batcher(frames)
+    if owner is None:
+        return "aiohttp/asyncio callbacks (protocol data_received, transport writes)"
+    file, func = owner.split(":", 1)
+    if owner == "batcher/client.py:Client.post" and frames[-1][0] != "batcher/client.py":
+        return "aiohttp request/response (ClientSession under Client.post)"
+    if file == "batcher/client.py":
+        return "client: post, read, parse reply (orjson.loads)"
+    if func in ("request_hash", "_hash"):
+        return "request hash (orjson.dumps sorted + sha256), producer"
+    if file in ("batcher/requests.py", "batcher/inputs.py"):
+        return "producer: read input again, build request bodies"
+    if file == "batcher/resume.py":
+        return "resume lookups per request (DoneIndex.is_done, blake2b)"
+    if file == "batcher/engine.py":
+        return "engine (queues, _process, _send, to_result, orjson.dumps)"
+    if file == "batcher/limits.py":
+        return "limits (ConcurrencyLimit, RateLimiter.observe)"
+    if file == "batcher/retry.py":
+        return "retry (with_retries)"
+    if file == "batcher/job.py":
+        return "job consumer (Job._send: tally, part buffer)"
+    return owner
+
+
 def library_of(file: str) -> str:
     if file.startswith("batcher/"):
         return file
@@ -165,12 +203,14 @@ def aggregate(stacks: list[tuple[str, list[tuple[str, str]], int]], top: int = 2
     inclusive: Counter[str] = Counter()
     send_owner: Counter[str] = Counter()
     send_leaf_lib: Counter[str] = Counter()
+    components: Counter[str] = Counter()
     per_thread_phase: dict[str, Counter[str]] = defaultdict(Counter)
     for thread, frames, n in stacks:
         threads[thread] += n
         phase = phase_of(frames)
         phases[phase] += n
         per_thread_phase[thread][phase] += n
+        components[component_of(phase, frames)] += n
         if frames:
             leaf = frames[-1]
             self_time[f"{leaf[0]}:{leaf[1]}"] += n
@@ -192,6 +232,7 @@ def aggregate(stacks: list[tuple[str, list[tuple[str, str]], int]], top: int = 2
             for t, n in threads.most_common()
         },
         "phases": top_of(phases, pct, 20),
+        "by_component": top_of(components, pct, 30),
         "send_by_innermost_batcher_function": top_of(send_owner, pct, top),
         "send_by_leaf_library": top_of(send_leaf_lib, pct, 15),
         "top_self": top_of(self_time, pct, top),

@@ -1,0 +1,201 @@
+"""Helpers of the reliability suite: real `python -m batcher` subprocesses, their peak memory,
+small aiohttp servers for what the mock cannot play, and output readers.
+
+Not a conftest: `tests/conftest.py` is imported as the module `conftest` (tests/ has no
+`__init__.py`), and a second conftest.py without a package would replace it in `sys.modules`
+for every test module collected after it. The fixtures `api`, `make_api` and `cli` of the
+top-level conftest reach these tests anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from aiohttp import web
+
+MB = 1024 * 1024
+
+
+def rows(n: int, prefix: str = "r", text: str = "question number {i}") -> list[dict]:
+    """n prompt rows with ids prefix0..prefix{n-1}."""
+    return [{"id": f"{prefix}{i}", "prompt": text.format(i=i)} for i in range(n)]
+
+
+def write_jsonl(path: Path, items: Iterable[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without API keys or BATCHER_* options, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("BATCHER_")
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Ran:
+    """A finished `python -m batcher ...` subprocess."""
+
+    code: int
+    out: bytes
+    err: bytes
+    seconds: float
+    max_rss_mb: float  # this process's own peak resident set (os.wait4), not its siblings'
+
+    @property
+    def stdout(self) -> str:
+        return self.out.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.decode("utf-8", "replace")
+
+
+class Batcher:
+    """`python -m batcher ARGS` in a subprocess; stdout and stderr go to temporary files."""
+
+    def __init__(self, *args: object, env: dict[str, str] | None = None) -> None:
+        # closed in wait(), after the process is reaped
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batcher", *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+            env=clean_env() if env is None else env,
+        )
+        self.pid = self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120.0) -> Ran:
+        """Reap the process (killed after `timeout` seconds: an AssertionError) with its own
+        rusage, so the peak RSS is this process's, whatever other tests ran before."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                os.wait4(self.pid, 0)
+                self.proc.returncode = -signal.SIGKILL
+                self._close()
+                raise AssertionError(f"batcher did not finish within {timeout:.0f}s")
+            time.sleep(0.01)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - self.started
+        self._out.seek(0)
+        self._err.seek(0)
+        out, err = self._out.read(), self._err.read()
+        self._close()
+        return Ran(self.proc.returncode, out, err, seconds, usage.ru_maxrss / 1024)
+
+    def _close(self) -> None:
+        self._out.close()
+        self._err.close()
+
+
+def run_batcher(*args: object, env: dict[str, str] | None = None, timeout: float = 120.0) -> Ran:
+    """Run `python -m batcher ARGS` to its end."""
+    return Batcher(*args, env=env).wait(timeout)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AppThread:
+    """An aiohttp app on 127.0.0.1 (any free port) on its own loop in a daemon thread.
+
+    `routes` maps a path to a POST handler; `url` is "http://127.0.0.1:PORT". Stopped (and its
+    connections closed) on exit, so nothing is left for the garbage collector to warn about."""
+
+    def __init__(self, routes: dict[str, Handler]) -> None:
+        self.routes = routes
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> AppThread:
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(ready),), name="reliability-app", daemon=True
+        )
+        self._thread.start()
+        ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = web.Application(client_max_size=64 * MB)
+        for path, handler in self.routes.items():
+            app.router.add_route("*", path, handler)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+        except BaseException as exc:
+            self._error = exc
+            ready.set()
+            await runner.cleanup()
+            return
+        ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(15)
