@@ -98,6 +98,11 @@ JOB_OPTIONS = [
     click.option("--max-tokens", type=int, help="Completion token bound per request."),
     click.option("--seed", type=int),
     click.option("--stop", multiple=True, help="Stop sequence; repeatable."),
+    click.option(
+        "--stream",
+        is_flag=True,
+        help="Streaming requests: the same output row, plus ttft_s (time to first token).",
+    ),
     click.option("--json", "json_mode", is_flag=True, help="response_format json_object."),
     click.option(
         "--schema",

@@ -69,6 +69,7 @@ class Attempt:
     reply: Reply | None = None
     error: AttemptError | None = None
     headers: Mapping[str, str] | None = None
+    ttft_s: float | None = None  # streamed replies: time to the first token
 
 
 class Client:
@@ -101,8 +102,10 @@ class Client:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await self._read(resp)
                 status, headers = resp.status, resp.headers
+                if status == 200 and resp.content_type == "text/event-stream":
+                    return await self._stream(resp, start)
+                body = await self._read(resp)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
@@ -115,6 +118,20 @@ class Client:
         except AttemptError as exc:
             return Attempt(latency, status, error=self._scrub(exc), headers=headers)
         return Attempt(latency, status, reply=reply, headers=headers)
+
+    async def _stream(self, resp: aiohttp.ClientResponse, start: float) -> Attempt:
+        """A streamed reply (--stream), assembled into the same Reply, with its ttft."""
+        from batcher.streaming import read_stream
+
+        try:
+            streamed = await read_stream(resp, start, max_bytes=self._max_body)
+        except AttemptError as exc:
+            latency = time.perf_counter() - start
+            return Attempt(latency, resp.status, error=self._scrub(exc), headers=resp.headers)
+        latency = time.perf_counter() - start
+        return Attempt(
+            latency, resp.status, reply=streamed.reply, headers=resp.headers, ttft_s=streamed.ttft_s
+        )
 
     def _scrub(self, error: AttemptError) -> AttemptError:
         """A server that echoes the key in its error text must not put it in the output."""

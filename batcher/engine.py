@@ -362,6 +362,7 @@ def to_result(
         "request_hash": request.request_hash,
         "attempts": attempts,
         "latency_s": attempt.latency_s,
+        "ttft_s": attempt.ttft_s,
         "reasks": reasks,
         "finished_at": time.time(),
     }

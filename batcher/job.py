@@ -402,6 +402,7 @@ class Job:
         layout = Layout(
             input_schema=kept,
             with_sample=self.spec.samples > 1,
+            streamed=self.spec.stream,
             params=tuple(param_column(key, values) for key, values in self.spec.sweep),
             structured=self.structured,
             typed=tuple(arrow_fields(self.schema, taken)) if self.schema is not None else (),

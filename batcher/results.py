@@ -59,8 +59,9 @@ KEY_NAMES = ("_row", "model", "_variant", "sample")
 # Parts also record when each result was known, for `batcher status`.
 # Structured output (--schema / --json) adds these, then one typed column per property.
 STRUCTURED_SCHEMA = pa.schema([("reasks", pa.int32()), ("parsed", pa.string())])
+STREAM_FIELD = pa.field("ttft_s", pa.float64())  # --stream adds it after latency_s
 PART_SCHEMA = pa.schema(
-    [*KEY_SCHEMA, *OUTPUT_SCHEMA, *STRUCTURED_SCHEMA, ("_done_at", pa.float64())]
+    [*KEY_SCHEMA, *OUTPUT_SCHEMA, STREAM_FIELD, *STRUCTURED_SCHEMA, ("_done_at", pa.float64())]
 )
 OUTPUT_NAMES = frozenset(OUTPUT_SCHEMA.names) | {"sample"} | frozenset(STRUCTURED_SCHEMA.names)
 
@@ -81,6 +82,7 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         cols["total_tokens"].append(usage.total_tokens)
         cols["cost_usd"].append(usage.cost_usd)
         cols["latency_s"].append(r.latency_s)
+        cols["ttft_s"].append(r.ttft_s)
         cols["attempts"].append(r.attempts)
         cols["http_status"].append(r.http_status)
         cols["error_type"].append(r.error_type)
@@ -222,6 +224,7 @@ class Layout:
     input_schema: pa.Schema | None = None
     with_sample: bool = False
     structured: bool = False
+    streamed: bool = False
     typed: tuple[tuple[str, str, pa.DataType], ...] = ()  # (property, column, type)
     params: tuple[tuple[str, pa.DataType, tuple], ...] = ()  # param_<key>, type, grid values
 
@@ -230,6 +233,8 @@ class Layout:
 
     def schema(self) -> pa.Schema:
         fields = list(OUTPUT_SCHEMA)
+        if self.streamed:
+            fields.insert(fields.index(OUTPUT_SCHEMA.field("latency_s")) + 1, STREAM_FIELD)
         if self.with_sample:
             fields.insert(2, pa.field("sample", pa.int32()))
         at = 3 if self.with_sample else 2
@@ -267,7 +272,7 @@ class Assembler:
                 missing.append(request)
             take.append(pos)
         results = found.select(
-            [*OUTPUT_SCHEMA.names, "sample", "_variant", *STRUCTURED_SCHEMA.names]
+            [*OUTPUT_SCHEMA.names, "ttft_s", "sample", "_variant", *STRUCTURED_SCHEMA.names]
         )
         if missing:
             filler = results_table(self._not_sent(r) for r in missing)

@@ -26,6 +26,7 @@ class JobSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json: bool = False
+    stream: bool = False  # streaming requests: the same row, plus time to first token
     schema: Path | None = None  # JSON Schema of the reply object
     reask: int = 2  # re-asks of a reply that is not valid JSON or breaks the schema
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class JobSpec:
         if len({key for key, _ in self.sweep}) != len(self.sweep):
             raise UsageError("--sweep: the same key twice")
         if self.params.get("stream") or self.params.get("stream_options") is not None:
-            raise UsageError("streaming requests are not supported: remove 'stream' from --param")
+            raise UsageError("use --stream for streaming requests, not --param stream=...")
         if self.reask < 0:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:
@@ -112,6 +113,9 @@ class JobSpec:
             body["stop"] = list(self.stop)
         if self.json:
             body["response_format"] = {"type": "json_object"}
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         body.update(self.params)
         return body
 

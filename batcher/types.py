@@ -104,6 +104,7 @@ class Result:
     request_hash: str | None
     attempts: int = 0
     latency_s: float | None = None
+    ttft_s: float | None = None  # --stream: time to the first token of the final attempt
     http_status: int | None = None
     reply: Reply | None = None
     usage: Usage = field(default_factory=Usage)  # summed over every billed reply
