@@ -294,7 +294,11 @@ class Job:
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
         total = found.requests - self.already_done  # what this run has to do
         retry_errors = self.spec.retry_errors
-        todo = (r for r in self._requests() if not done_index.is_done(r, retry_errors=retry_errors))
+        todo = (
+            (r for r in self._requests() if not done_index.is_done(r, retry_errors=retry_errors))
+            if len(done_index)
+            else self._requests()  # a fresh job: nothing to look up
+        )
         results = self.engine.run(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
 

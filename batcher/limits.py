@@ -196,11 +196,15 @@ class RateLimiter:
         look keys up case-insensitively or hold them in lower case. Unparseable values, and
         resets over a day, are ignored.
         """
+        requests = headers.get("x-ratelimit-remaining-requests")
+        tokens = headers.get("x-ratelimit-remaining-tokens")
+        if requests is None and tokens is None:  # most servers: nothing to learn
+            return
         wait = 0.0
-        remaining = _number(headers.get("x-ratelimit-remaining-requests"))
+        remaining = _number(requests)
         if remaining is not None and remaining <= in_flight:
             wait = _reset(headers.get("x-ratelimit-reset-requests")) or 0.0
-        remaining = _number(headers.get("x-ratelimit-remaining-tokens"))
+        remaining = _number(tokens)
         if remaining is not None and remaining < max(1.0, (in_flight + 1) * self._avg_tokens):
             wait = max(wait, _reset(headers.get("x-ratelimit-reset-tokens")) or 0.0)
         if wait > 0:
