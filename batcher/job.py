@@ -41,6 +41,7 @@ from batcher.requests import (
     iter_requests,
     load_messages_template,
     scan,
+    sweep_grid,
 )
 from batcher.results import (
     OUTPUT_NAMES,
@@ -402,12 +403,15 @@ class Job:
         """Write OUT from the parts and the input, in input order; count as it goes."""
         keep = kept_columns(self.spec.keep_columns, found)
         kept = None if keep is None else pa.schema([found.schema.field(n) for n in keep])
+        grid = sweep_grid(self.spec.sweep)  # param_<key> value of each combination
         taken = set(OUTPUT_NAMES) | set(kept.names if kept is not None else ())
         layout = Layout(
             input_schema=kept,
             with_sample=self.spec.samples > 1,
             streamed=self.spec.stream,
-            params=tuple(param_column(key, values) for key, values in self.spec.sweep),
+            params=tuple(
+                param_column(key, tuple(combo[key] for combo in grid)) for key, _ in self.spec.sweep
+            ),
             structured=self.structured,
             typed=tuple(arrow_fields(self.schema, taken)) if self.schema is not None else (),
         )
