@@ -441,12 +441,13 @@ def estimate(
     from batcher.estimate import render_estimate
     from batcher.job import Job
     from batcher.spec import make_spec
+    from batcher.tokens import recount
 
     opts["json_mode"] = False  # --json here means JSON output, not a response_format
     try:
         spec = make_spec(**run_options(with_job_file(ctx, opts)))
         job = Job(spec, need_key=False)
-        found = job.scan()
+        found, counted = recount(job.scan(), job.requests())
         figures = make_estimate(
             found,
             job.prices,
@@ -460,10 +461,11 @@ def estimate(
     except BatcherError as exc:
         raise CliError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(figures.to_dict()))
+        click.echo(json.dumps({**figures.to_dict(), "prompt_tokens_counted_by": counted}))
     else:
         for line in render_estimate(figures):
             click.echo(line)
+        click.echo(f"(prompt tokens counted by {counted})")
 
 
 estimate.params = [p for p in estimate.params if p.name != "json_mode"]

@@ -356,6 +356,10 @@ class Job:
             self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         return counts
 
+    def requests(self) -> Iterator[Request]:
+        """Every request of the job, in order (nothing sent)."""
+        return self._requests()
+
     def _requests(self) -> Iterator[Request]:
         batches = read_batches(self.spec.input, limit=self.spec.limit)
         return iter_requests(

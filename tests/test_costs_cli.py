@@ -133,3 +133,27 @@ def test_max_cost_stops_within_one_request_and_resumes(cli, api, tmp_path):
     assert again.exit_code == 0
     assert len(api.log) == 200
     assert cli(*args, "--max-cost", "1", "-m", "unpriced").exit_code == 2
+
+
+def test_estimate_counts_with_tiktoken_when_it_is_available_offline(cli, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class WordEncoder:
+        def encode(self, text, disallowed_special=()):
+            return text.split()
+
+    fake = types.ModuleType("tiktoken")
+    fake.get_encoding = lambda name: WordEncoder()
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "one two three"}, {"prompt": "four"}])
+    est = json.loads(cli("estimate", data, "-m", "gpt-4o", "--json").stdout)
+    assert est["prompt_tokens"] == 4 and est["prompt_tokens_counted_by"] == "tiktoken o200k_base"
+
+    def offline(name):
+        raise OSError("needs the network")
+
+    fake.get_encoding = offline
+    est = json.loads(cli("estimate", data, "-m", "gpt-4o", "--json").stdout)
+    assert est["prompt_tokens_counted_by"] == "characters / 4"
+    assert est["prompt_tokens"] == 3 + 1  # 13 characters // 4, and 4 // 4
