@@ -396,8 +396,10 @@ class ProgressBar:
 def print_dry_run(dry: Any) -> None:
     click.echo(f"{dry.requests} requests from {dry.rows} rows to {dry.url}")
     click.echo("headers: " + json.dumps(dry.headers))
-    for body in dry.bodies:
-        click.echo(json.dumps(body, ensure_ascii=False))
+    import orjson
+
+    for body in dry.bodies:  # exactly as it would be sent
+        click.echo(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 def setup_logging(verbose: bool) -> None:
