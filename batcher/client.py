@@ -8,6 +8,7 @@ This is the only module that sees raw provider JSON and aiohttp's exceptions. It
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from batcher.providers import Endpoint
 from batcher.types import ErrorType, Reply, Usage
 
 MAX_MESSAGE = 500  # characters of a server's error message kept in error_message
+MAX_COUNT = 2**53  # token counts beyond this are nonsense (and would overflow int64 sums)
+LARGE_BODY = 1024 * 1024  # bodies above this go to aiohttp as a stream
 
 RETRYABLE_STATUS = {
     408: ErrorType.TIMEOUT,
@@ -87,6 +90,7 @@ class Client:
         self._url = endpoint.url
         self._headers = endpoint.headers()
         self._key = endpoint.key
+        self._key_bytes = endpoint.key.encode() if endpoint.key else None
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(timeout, 30.0), sock_read=timeout
         )
@@ -97,7 +101,8 @@ class Client:
         try:
             async with self._session.post(
                 self._url,
-                data=data,
+                # aiohttp wants a stream, not raw bytes, for a large body
+                data=data if len(data) <= LARGE_BODY else io.BytesIO(data),
                 headers=self._headers,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -113,6 +118,8 @@ class Client:
         latency = time.perf_counter() - start
         if isinstance(body, AttemptError):
             return Attempt(latency, status, error=body, headers=headers)
+        if self._key_bytes is not None and self._key_bytes in body:  # a server echoing it
+            body = body.replace(self._key_bytes, b"***")
         try:
             reply = parse_reply(status, headers, body)
         except AttemptError as exc:
@@ -143,9 +150,10 @@ class Client:
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes | AttemptError:
         """The whole body, or an error when it is larger than the cap (read no further)."""
         length = resp.content_length
-        if length is not None and length <= self._max_body:
+        compressed = "Content-Encoding" in resp.headers  # the length is not the body's size
+        if length is not None and length <= self._max_body and not compressed:
             return await resp.read()
-        if length is not None:
+        if length is not None and not compressed:
             return too_large(self._max_body)
         chunks: list[bytes] = []
         size = 0
@@ -405,10 +413,11 @@ def unix_seconds(value: Any) -> int | None:
 
 
 def count(value: Any) -> int:
+    """A token count; mistyped, negative or absurd (past 2**53) counts become 0."""
     if isinstance(value, bool):
         return 0
-    if isinstance(value, int):
-        return max(0, value)
-    if isinstance(value, float) and value == value:
-        return max(0, int(value))
+    if isinstance(value, float) and value == value and abs(value) < MAX_COUNT:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < MAX_COUNT:
+        return value
     return 0
