@@ -127,6 +127,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def checked_key(key: str, where: str) -> str:
+    """A key that can go into a header: no line breaks, spaces or control characters."""
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise UsageError(f"{where}: the key holds a line break, space or control character")
+    return key
+
+
 def read_key(provider: Provider, api_key_file: str | os.PathLike[str] | None) -> str | None:
     """The API key from `--api-key-file` or the provider's environment variable."""
     if api_key_file is not None:
@@ -138,11 +145,11 @@ def read_key(provider: Provider, api_key_file: str | os.PathLike[str] | None) ->
             raise UsageError(f"--api-key-file {path}: {reason}") from None
         if not key:
             raise UsageError(f"--api-key-file {path}: the file is empty")
-        return key
+        return checked_key(key, f"--api-key-file {path}")
     if provider.key_env:
         key = os.environ.get(provider.key_env, "").strip()
         if key:
-            return key
+            return checked_key(key, f"${provider.key_env}")
     if not provider.key_required:
         return None
     where = f"${provider.key_env}" if provider.key_env else "an environment variable"

@@ -58,7 +58,7 @@ class Ran:
     out: bytes
     err: bytes
     seconds: float
-    max_rss_mb: float  # this process's own peak resident set (os.wait4), not its siblings'
+    max_rss_mb: float  # peak resident set (exact with measure_rss=True, see _RSS_WRAPPER)
 
     @property
     def stdout(self) -> str:
@@ -69,16 +69,43 @@ class Ran:
         return self.err.decode("utf-8", "replace")
 
 
-class Batcher:
-    """`python -m batcher ARGS` in a subprocess; stdout and stderr go to temporary files."""
+# Runs argv[2:] and writes the child's own peak RSS (KiB) to argv[1]. Needed because Linux
+# counts in a child's ru_maxrss the peak RSS of the process it was forked from (the old mm's
+# high-water mark at exec): started straight from pytest, after tests that held a few
+# hundred MB, a 150 MB batcher reports over 500 MB. The wrapper itself is small.
+_RSS_WRAPPER = """
+import os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda s, _frame: child.send_signal(s))
+_, status, usage = os.wait4(child.pid, 0)
+child.returncode = code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
-    def __init__(self, *args: object, env: dict[str, str] | None = None) -> None:
+
+class Batcher:
+    """`python -m batcher ARGS` in a subprocess; stdout and stderr go to temporary files.
+
+    With `measure_rss`, it runs under a small wrapper that reports its peak RSS."""
+
+    def __init__(
+        self, *args: object, env: dict[str, str] | None = None, measure_rss: bool = False
+    ) -> None:
         # closed in wait(), after the process is reaped
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        command = [sys.executable, "-m", "batcher", *map(str, args)]
+        self._rss_file: str | None = None
+        if measure_rss:
+            fd, self._rss_file = tempfile.mkstemp(prefix="batcher-rss-")
+            os.close(fd)
+            command = [sys.executable, "-c", _RSS_WRAPPER, self._rss_file, *command]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batcher", *map(str, args)],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -109,17 +136,28 @@ class Batcher:
         self._out.seek(0)
         self._err.seek(0)
         out, err = self._out.read(), self._err.read()
+        peak_kib = usage.ru_maxrss
+        if self._rss_file is not None:
+            peak_kib = int(Path(self._rss_file).read_text() or 0)
         self._close()
-        return Ran(self.proc.returncode, out, err, seconds, usage.ru_maxrss / 1024)
+        return Ran(self.proc.returncode, out, err, seconds, peak_kib / 1024)
 
     def _close(self) -> None:
         self._out.close()
         self._err.close()
+        if self._rss_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._rss_file)
 
 
-def run_batcher(*args: object, env: dict[str, str] | None = None, timeout: float = 120.0) -> Ran:
+def run_batcher(
+    *args: object,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    measure_rss: bool = False,
+) -> Ran:
     """Run `python -m batcher ARGS` to its end."""
-    return Batcher(*args, env=env).wait(timeout)
+    return Batcher(*args, env=env, measure_rss=measure_rss).wait(timeout)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
