@@ -176,7 +176,7 @@ class Job:
         base_url = self.provider.base_url or "http://127.0.0.1:PORT/v1"
         found = self.scan()
         bodies = []
-        for request in self._requests():
+        for request in self.requests():
             if len(bodies) == count:
                 break
             if request.bad_input is None:
@@ -256,7 +256,7 @@ class Job:
         index = load_index(job_dir)
         if not len(index):
             return index, 0
-        requests = self._requests()
+        requests = self.requests()
         done, changed = index.compare(requests, retry_errors=self.spec.retry_errors)
         if changed is not None:
             if imported:
@@ -289,16 +289,15 @@ class Job:
         """Run the engine over every request not yet done, flushing durable parts."""
         assert self.engine is not None
         writer = PartWriter(job_dir, first_part=next_part_number(job_dir))
-        counts = Tally()
         done = ok = prompt = completion = 0
         last_flush = last_progress = time.monotonic()
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
         total = found.requests - self.already_done  # what this run has to do
         retry_errors = self.spec.retry_errors
         todo = (
-            (r for r in self._requests() if not done_index.is_done(r, retry_errors=retry_errors))
+            (r for r in self.requests() if not done_index.is_done(r, retry_errors=retry_errors))
             if len(done_index)
-            else self._requests()  # a fresh job: nothing to look up
+            else self.requests()  # a fresh job: nothing to look up
         )
         results = self.engine.run(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
@@ -354,13 +353,10 @@ class Job:
             raise failed[0]
         if self.progress is not None:
             self.progress(Progress(done, total, ok, done - ok, prompt, completion))
-        return counts
+        return Tally(rows=done, ok=ok)  # what this run finished (the summary of a stop)
 
     def requests(self) -> Iterator[Request]:
         """Every request of the job, in order (nothing sent)."""
-        return self._requests()
-
-    def _requests(self) -> Iterator[Request]:
         batches = read_batches(self.spec.input, limit=self.spec.limit)
         return iter_requests(
             self.request_spec(),
