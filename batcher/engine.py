@@ -4,9 +4,11 @@
 yields a `Result` per request sent, in completion order. It knows nothing of files, click or
 progress bars, so the same function can run over a Ray Data partition.
 
-Shape: one producer pulls requests into a small bounded queue; a fixed pool of workers takes
-them one at a time; each attempt waits for the rate limiter and then for a concurrency slot,
-so a request waiting to retry never holds a slot. One aiohttp session serves all of them.
+Shape: `concurrency` workers read the requests themselves (an async iterator goes through a
+small queue filled by a producer task). Each attempt waits for the rate limiter and then for
+a concurrency slot; a request waiting to retry holds no slot, and a stand-in worker takes
+new requests meanwhile. Results go to the consumer in batches (`run_batches`), or one by one
+(`run`). One aiohttp session serves all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,7 +66,100 @@ class _Stopped(Exception):
     """The job stopped before this request was sent."""
 
 
-_DONE = object()
+_END = object()  # the request stream is exhausted
+
+
+def _taker(
+    requests: Iterable[Request] | AsyncIterable[Request],
+    failed: Callable[[BaseException, str], None],
+    tasks: list[asyncio.Future],
+) -> Callable[[], Awaitable[Request | None]]:
+    """`await take()` gives the next request, or None once there are no more (or the
+    stream failed: `failed` is told). A plain iterator is read by the workers themselves;
+    an async one through a small queue filled by a producer task."""
+    if not isinstance(requests, AsyncIterable):
+        iterator = iter(requests)
+        exhausted = False
+
+        async def take_next() -> Request | None:
+            nonlocal exhausted
+            if exhausted:
+                return None
+            try:
+                request = next(iterator, None)
+            except Exception as exc:  # e.g. an input error found while streaming
+                request = None
+                failed(exc, "the request stream failed")
+            exhausted = request is None
+            return request
+
+        return take_next
+
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+
+    async def produce() -> None:
+        try:
+            async for request in requests:
+                await queue.put(request)
+        except Exception as exc:
+            failed(exc, "the request stream failed")
+        await queue.put(_END)
+
+    async def take_queued() -> Request | None:
+        item = await queue.get()
+        if item is _END:
+            queue.put_nowait(_END)  # for the next worker (the producer is done: room left)
+            return None
+        return item  # type: ignore[return-value]
+
+    tasks.append(asyncio.ensure_future(produce()))
+    return take_queued
+
+
+class _Outbox:
+    """Finished results on their way to the consumer, taken a batch at a time. Workers wait
+    while it holds `limit` results (a slow consumer slows the job, it does not fill memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Result] = []
+        self._limit = limit
+        self._closed = False
+        self._reader: asyncio.Future[None] | None = None
+        self._writers: list[asyncio.Future[None]] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self._limit
+
+    def add(self, result: Result) -> None:
+        self._items.append(result)
+        self._wake_reader()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake_reader()
+
+    async def drained(self) -> None:
+        while self.full and not self._closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._writers.append(waiter)
+            await waiter
+
+    async def take(self) -> list[Result]:
+        """Every result so far (waiting for one); an empty list once closed and empty."""
+        while not self._items and not self._closed:
+            self._reader = asyncio.get_running_loop().create_future()
+            await self._reader
+        items, self._items = self._items, []
+        writers, self._writers = self._writers, []
+        for waiter in writers:
+            if not waiter.done():
+                waiter.set_result(None)
+        return items
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
 
 
 class Engine:
@@ -89,7 +184,9 @@ class Engine:
             model: RateLimiter(limits.rpm, limits.tpm)
             for model, limits in self.settings.model_limits.items()
         }
+        self._limiters: dict[str, list[RateLimiter]] = {}  # per model: endpoint (+ model)
         self._cap = ConcurrencyLimit(self.settings.concurrency)
+        self._backoff: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._validators = Validators()
         self._client: Client | None = None
         self._fatal_streak = 0
@@ -114,6 +211,15 @@ class Engine:
         self, requests: Iterable[Request] | AsyncIterable[Request]
     ) -> AsyncIterator[Result]:
         """Yield one `Result` per request sent, as each finishes (not in input order)."""
+        async for batch in self.run_batches(requests):
+            for result in batch:
+                yield result
+
+    async def run_batches(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[list[Result]]:
+        """Like `run`, but yield the results finished since the last batch as a list: one
+        hand-over per batch instead of one per result (what a high-rate consumer wants)."""
         own_session = self._session is None
         session = self._session or new_session(self.settings)
         self._client = Client(
@@ -122,53 +228,58 @@ class Engine:
             timeout=self.settings.timeout,
             max_body_bytes=self.settings.max_body_bytes,
         )
-        workers = self.settings.concurrency + max(4, self.settings.concurrency // 4)
-        todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * workers)
-        done: asyncio.Queue[object] = asyncio.Queue(maxsize=4 * workers)
+        concurrency = self.settings.concurrency
+        outbox = _Outbox(limit=4 * concurrency)
         failure: list[BaseException] = []
-        remaining = [workers]
+        tasks: list[asyncio.Future] = []
+        surplus = [0]  # workers to retire: requests that backed off are back
+        live = [0]
 
-        async def produce() -> None:
-            try:
-                if isinstance(requests, AsyncIterable):
-                    async for request in requests:
-                        if self.stopping:
-                            break
-                        await todo.put(request)
-                else:
-                    for request in requests:
-                        if self.stopping:
-                            break
-                        await todo.put(request)
-            except Exception as exc:  # e.g. an input error found while streaming
-                failure.append(exc)
-                self.stop("the request stream failed")
-            # End markers only on a normal finish: cancelled, nobody is left to read them.
-            for _ in range(workers):
-                await todo.put(None)
+        def failed(exc: BaseException, reason: str) -> None:
+            failure.append(exc)
+            self.stop(reason)
+
+        take = _taker(requests, failed, tasks)
 
         async def work() -> None:
             try:
-                while (request := await todo.get()) is not None:
-                    if self.stopping:
-                        continue
+                while not self.stopping and (request := await take()) is not None:
                     result = await self._process(request)
                     if result is not None:
-                        await done.put(result)
+                        outbox.add(result)
+                        if outbox.full:
+                            await outbox.drained()
+                    if surplus[0] and not self.stopping:  # its stand-in carries on
+                        surplus[0] -= 1
+                        break
             except Exception as exc:  # a bug: surface it instead of hiding it
-                failure.append(exc)
-                self.stop("internal error")
-                while await todo.get() is not None:  # keep the producer from blocking
-                    pass
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                await done.put(_DONE)
+                failed(exc, "internal error")
+            live[0] -= 1
+            if live[0] == 0:
+                outbox.close()
 
-        tasks = [asyncio.ensure_future(produce())]
-        tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
+        def spawn() -> None:
+            live[0] += 1
+            tasks.append(asyncio.ensure_future(work()))
+
+        async def backoff(seconds: float) -> None:
+            """A request waiting to retry holds no slot, and no worker either: a stand-in
+            takes new requests meanwhile, so `concurrency` stay in flight."""
+            if self.stopping:
+                await asyncio.sleep(seconds)
+                return
+            spawn()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                surplus[0] += 1  # the next worker to finish a request leaves
+
+        self._backoff = backoff
+        for _ in range(concurrency):
+            spawn()
         try:
-            while (item := await done.get()) is not _DONE:
-                yield item  # type: ignore[misc]
+            while batch := await outbox.take():
+                yield batch
             if failure:
                 raise failure[0]
         finally:
@@ -186,9 +297,7 @@ class Engine:
         charge = request.est_prompt_tokens + (
             request.max_tokens or self.settings.completion_allowance
         )
-        limiters = [self._limiter]
-        if request.model in self._model_limiters:
-            limiters.append(self._model_limiters[request.model])
+        limiters = self._limiters_for(request.model)
         reserved = 0.0
         if self._budget is not None:
             amount = await self._budget.reserve(request)
@@ -198,11 +307,28 @@ class Engine:
             reserved = amount
         result = None
         try:
-            result = await self._attempts(request, charge, limiters)
+            attempt, made = await self._complete(request.body, charge, limiters)
+            validator = self._validators.get(request.body)
+            if validator is None or attempt.reply is None:
+                result = to_result(request, attempt, made)
+            else:
+                result = await self._validated(request, attempt, made, validator, charge, limiters)
+            self._track(attempt.error)
+        except _Stopped:
+            pass
         finally:
             if self._budget is not None:
                 self._budget.settle(reserved, result)
         return result
+
+    def _limiters_for(self, model: str) -> list[RateLimiter]:
+        limiters = self._limiters.get(model)
+        if limiters is None:
+            limiters = [self._limiter]
+            if model in self._model_limiters:
+                limiters.append(self._model_limiters[model])
+            self._limiters[model] = limiters
+        return limiters
 
     def _reuse(self, request: Request) -> Result | None:
         """A known result (the cache), checked like a fresh reply when output is structured."""
@@ -213,32 +339,19 @@ class Engine:
         check = validator.check(known.reply.content, known.reply.finish_reason)
         return None if check.problem is not None else dataclasses.replace(known, parsed=check.value)
 
-    async def _attempts(
-        self, request: Request, charge: int, limiters: list[RateLimiter]
-    ) -> Result | None:
-        try:
-            attempt, made = await self._complete(request.body, charge, limiters)
-            validator = self._validators.get(request.body)
-            if validator is None or attempt.reply is None:
-                result = to_result(request, attempt, made)
-            else:
-                result = await self._validated(request, attempt, made, validator, charge, limiters)
-        except _Stopped:
-            return None
-        self._track(attempt.error)
-        return result
-
     async def _complete(
         self, body: dict, charge: int, limiters: list[RateLimiter]
     ) -> tuple[Attempt, int]:
         """One request to its end: the first attempt, then retries while they may help."""
         data = orjson.dumps(body)
+        first = await self._send(data, charge, limiters)
+        if first.error is None:  # the success path: no retry machinery at all
+            return first, 1
 
         async def send() -> Attempt:
             return await self._send(data, charge, limiters)
 
-        first = await send()
-        return await with_retries(send, first, self.settings.retry)
+        return await with_retries(send, first, self.settings.retry, sleep=self._backoff)
 
     async def _validated(
         self,

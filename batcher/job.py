@@ -299,24 +299,31 @@ class Job:
             if len(done_index)
             else self.requests()  # a fresh job: nothing to look up
         )
-        results = self.engine.run(todo)
+        batches = self.engine.run_batches(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
+        writes: deque[asyncio.Future] = deque()  # part writes in worker threads, in order
 
-        lock = asyncio.Lock()  # one part at a time, in order
-        writes: list[asyncio.Future] = []  # part writes in threads: awaited before the end
+        async def write_part(batch: list[Result], path: Path, before: asyncio.Future | None):
+            if before is not None:  # parts are written one at a time, in order
+                await asyncio.wait([before])
+            await asyncio.to_thread(writer.write, batch, path)
 
         async def flush() -> None:
+            """Hand the buffered results to a thread to write; wait only when two writes
+            are already queued (results keep flowing while a part is written)."""
             nonlocal last_flush
             last_flush = time.monotonic()
             if self.cache is not None:
                 self.cache.put(fresh)
                 fresh.clear()
             taken = writer.take()
-            if taken is not None:
-                async with lock:
-                    write = asyncio.ensure_future(asyncio.to_thread(writer.write, *taken))
-                    writes.append(write)
-                    await asyncio.shield(write)  # a cancelled flush still finishes its part
+            if taken is None:
+                return
+            while writes and writes[0].done():
+                writes.popleft().result()  # a failed write stops the job here
+            writes.append(asyncio.ensure_future(write_part(*taken, writes[-1] if writes else None)))
+            if len(writes) > 2:
+                await asyncio.shield(asyncio.wait([writes[0]]))
 
         async def tick() -> None:
             """Flush on time even while no result arrives (a slow or hung request)."""
@@ -327,28 +334,33 @@ class Job:
 
         ticker = asyncio.ensure_future(tick())
         try:
-            async for result in results:
-                writer.add(result)
+            async for batch in batches:
+                writer.extend(batch)
                 if self.cache is not None:
-                    fresh.append(result)
-                done += 1
-                ok += result.ok
-                prompt += result.usage.prompt_tokens
-                completion += result.usage.completion_tokens
-                now = time.monotonic()
+                    fresh.extend(batch)
+                done += len(batch)
+                for result in batch:
+                    ok += result.ok
+                    usage = result.usage
+                    prompt += usage.prompt_tokens
+                    completion += usage.completion_tokens
                 if writer.pending >= flush_rows:
                     await flush()
+                now = time.monotonic()
                 if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
                     last_progress = now
                     self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-            failed = [r for r in await asyncio.gather(*writes, return_exceptions=True) if r]
-            await results.aclose()
-            writer.flush()  # synchronously: a second Ctrl-C cannot cut it short
-            if self.cache is not None:
-                self.cache.put(fresh)
+            try:  # a second Ctrl-C stops the wait, not the writes (threads finish them)
+                outcomes = await asyncio.shield(asyncio.gather(*writes, return_exceptions=True))
+                failed = [r for r in outcomes if isinstance(r, BaseException)]
+                await batches.aclose()
+            finally:
+                writer.flush()  # synchronously: a second Ctrl-C cannot cut it short
+                if self.cache is not None:
+                    self.cache.put(fresh)
         if failed:
             raise failed[0]
         if self.progress is not None:

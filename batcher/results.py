@@ -150,6 +150,9 @@ class PartWriter:
     def add(self, result: Result) -> None:
         self._buffer.append(result)
 
+    def extend(self, results: list[Result]) -> None:
+        self._buffer.extend(results)
+
     def take(self) -> tuple[list[Result], Path] | None:
         """The buffered results and the part they go to; the buffer starts afresh."""
         if not self._buffer:

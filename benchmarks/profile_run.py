@@ -67,12 +67,17 @@ PHASES = [
     (
         "send: request producer (read, build, hash, resume check)",
         "batcher/engine.py",
-        "Engine.run.<locals>.produce",
+        "_taker.<locals>.take_next",  # workers read a plain iterator themselves
+    ),
+    (
+        "send: request producer (read, build, hash, resume check)",
+        "batcher/engine.py",
+        "_taker.<locals>.produce",  # an async iterator: a producer task
     ),
     (
         "send: engine workers (engine, limits, client, aiohttp request)",
         "batcher/engine.py",
-        "Engine.run.<locals>.work",
+        "Engine.run_batches.<locals>.work",
     ),
     ("send: results consumer (Job._send: tally, part buffer)", "batcher/job.py", "Job._send"),
     (
