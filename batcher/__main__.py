@@ -1,3 +1,3 @@
-from batcher.cli import main
+from batcher.cli import entry
 
-main()
+entry()

@@ -327,6 +327,37 @@ def job_dir_hint(job: Any) -> str:
     return str(job_dir_for(job.spec.output))
 
 
+class _NoPandas:
+    """A meta-path finder for which pandas does not exist (see `skip_pandas_probe`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def skip_pandas_probe() -> None:
+    """pyarrow imports pandas (0.4 s of CPU) the first time it converts a Python value, only
+    to ask whether the value is a pandas object; batcher's never are, and batcher never uses
+    pandas. Let that first probe find no pandas. For the console command only (a process of
+    its own): pyarrow still imports pandas where it needs it (`to_pandas`)."""
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def entry() -> None:
+    """The `batcher` console command."""
+    skip_pandas_probe()
+    main()
+
+
 def run_fast(coro: Any) -> Any:
     """Run the job's event loop: uvloop when installed (`pip install batcher[fast]`), and a
     garbage collector that does not stop every few hundred allocations (a job allocates

@@ -281,7 +281,7 @@ class Job:
             )
         budget = Budget(self.spec.max_cost, self.prices)
         for part in part_files(job_dir):
-            table = with_costs(pq.read_table(part), self.prices)
+            table = with_costs(pq.ParquetFile(part).read(), self.prices)
             budget.spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
         return budget
 

@@ -316,7 +316,7 @@ class Assembler:
 
     def _part(self, number: int, path: Path) -> pa.Table:
         if number not in self._cache:
-            table = pq.read_table(path)
+            table = pq.ParquetFile(path).read()  # not read_table: it loads pyarrow.dataset
             missing = [f for f in PART_SCHEMA if f.name not in table.column_names]
             for f in missing:  # written by an older layout
                 table = table.append_column(f, pa.nulls(table.num_rows, f.type))

@@ -152,7 +152,7 @@ def healthy_parts(job_dir: Path) -> list[Path]:
 
 def load_index(job_dir: Path) -> DoneIndex:
     parts = healthy_parts(job_dir)
-    tables = (pq.read_table(p, columns=INDEX_COLUMNS) for p in parts)
+    tables = (pq.ParquetFile(p).read(columns=INDEX_COLUMNS) for p in parts)
     return DoneIndex.build(tables)
 
 

@@ -428,3 +428,21 @@ def test_key_never_appears_anywhere(cli, make_api, tmp_path, monkeypatch, caplog
                 blobs.append(json.dumps(read(path).to_pylist(), default=str).encode())
                 blobs.append(repr(pq.read_metadata(path).metadata).encode())
     assert not [b for b in blobs if key.encode() in b]
+
+
+def test_the_command_never_imports_pandas(tmp_path):
+    """pyarrow would import pandas (0.4 s) on its first conversion of a Python value; the
+    `batcher` command spares it (see cli.skip_pandas_probe). Output still reads in pandas."""
+    import subprocess
+    import sys
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"p{i}"} for i in range(30)])
+    out = tmp_path / "out.parquet"
+    report = "import atexit, sys; atexit.register(lambda: print('pandas' in sys.modules))"
+    entry = f"{report}; from batcher.cli import entry; entry()"
+    cmd = [sys.executable, "-c", entry, "run", str(inp), "-o", str(out), "--provider", "mock"]
+    done = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"  # pandas was never imported
+    frame = pq.read_table(out).to_pandas()
+    assert len(frame) == 30 and set(frame["status"]) == {"ok"}
