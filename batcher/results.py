@@ -177,7 +177,11 @@ class PartWriter:
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write, fsync and rename, so `path` holds a whole file or nothing."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    # Parts are the job's own scratch files, read once at the end: the cheapest encoding to
+    # write (a third of zstd with dictionaries), with statistics for `_row` alone.
+    pq.write_table(
+        table, tmp, compression="snappy", use_dictionary=False, write_statistics=["_row"]
+    )
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -30,22 +30,17 @@ import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
 import pyarrow as pa
-from jsonschema.exceptions import ValidationError, best_match
-from jsonschema.validators import (
-    Draft6Validator,
-    Draft7Validator,
-    Draft201909Validator,
-    Draft202012Validator,
-    validator_for,
-)
 
 from batcher.errors import InputError
 from batcher.inputs import json_kind
+
+if TYPE_CHECKING:  # jsonschema itself is imported only by jobs with a schema (~50 ms)
+    from jsonschema.exceptions import ValidationError
 
 __all__ = [
     "JSON_OBJECT",
@@ -120,6 +115,9 @@ def _read_json(path: str | os.PathLike[str], source: str) -> Any:
 
 def _check_schema(schema: dict, source: str) -> None:
     """Raise unless `schema` is valid against its draft's meta-schema."""
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import Draft202012Validator, validator_for
+
     draft = schema.get("$schema")
     cls = validator_for(schema, default=None) if isinstance(draft, str) else None
     if draft is None:
@@ -300,6 +298,8 @@ class ReplyValidator:
         self.schema = schema
         self._validator = self._fast = None
         if schema is not None:
+            from jsonschema.validators import Draft202012Validator, validator_for
+
             cls = validator_for(schema, default=Draft202012Validator)
             self._validator = cls(schema)
             self._fast = _fast_checker(schema, cls)
@@ -343,6 +343,8 @@ def _schema_problem(errors: list[ValidationError]) -> str | None:
     """Up to MAX_PROBLEMS errors as "$.path: message", joined; None when there are none."""
     if not errors:
         return None
+    from jsonschema.exceptions import best_match
+
     lines: list[str] = []
     for error in errors:
         error = best_match([error])  # the most specific error within an anyOf/oneOf
@@ -364,8 +366,8 @@ def _schema_problem(errors: list[ValidationError]) -> str | None:
 Predicate = Callable[[Any], bool]
 
 _FAST_DRAFTS = frozenset(
-    {Draft6Validator, Draft7Validator, Draft201909Validator, Draft202012Validator}
-)
+    {"Draft6Validator", "Draft7Validator", "Draft201909Validator", "Draft202012Validator"}
+)  # by name: jsonschema is imported lazily
 _NO_OPS = frozenset({"format"})  # jsonschema asserts no format without a format checker
 _JSON_TYPES = {
     "string": (str,),
@@ -384,7 +386,7 @@ class _Unsupported(Exception):
 
 def _fast_checker(schema: dict, cls: type) -> Predicate | None:
     """A conservative validity test for `schema`, or None when it uses other keywords."""
-    if cls not in _FAST_DRAFTS:
+    if cls.__module__ != "jsonschema.validators" or cls.__name__ not in _FAST_DRAFTS:
         return None
     try:
         return _FastCompiler(schema, frozenset(cls.VALIDATORS)).compile(schema)
