@@ -25,6 +25,7 @@ from batcher.types import ErrorType, Reply, Usage
 MAX_MESSAGE = 500  # characters of a server's error message kept in error_message
 MAX_COUNT = 2**53  # token counts beyond this are nonsense (and would overflow int64 sums)
 LARGE_BODY = 1024 * 1024  # bodies above this go to aiohttp as a stream
+_ENCODING = "Content-Encoding"
 
 RETRYABLE_STATUS = {
     408: ErrorType.TIMEOUT,
@@ -110,7 +111,11 @@ class Client:
                 status, headers = resp.status, resp.headers
                 if status == 200 and resp.content_type == "text/event-stream":
                     return await self._stream(resp, start)
-                body = await self._read(resp)
+                length = resp.content_length
+                if length is not None and length <= self._max_body and _ENCODING not in headers:
+                    body = await resp.read()  # the usual reply: its size known and allowed
+                else:
+                    body = await self._read(resp)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
@@ -150,7 +155,7 @@ class Client:
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes | AttemptError:
         """The whole body, or an error when it is larger than the cap (read no further)."""
         length = resp.content_length
-        compressed = "Content-Encoding" in resp.headers  # the length is not the body's size
+        compressed = _ENCODING in resp.headers  # the length is not the body's size
         if length is not None and length <= self._max_body and not compressed:
             return await resp.read()
         if length is not None and not compressed:

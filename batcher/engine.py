@@ -307,7 +307,11 @@ class Engine:
             reserved = amount
         result = None
         try:
-            attempt, made = await self._complete(request.body, charge, limiters)
+            data = orjson.dumps(request.body)
+            attempt = await self._send(data, charge, limiters)  # not _complete: one frame less
+            made = 1
+            if attempt.error is not None:
+                attempt, made = await self._retry(data, attempt, charge, limiters)
             validator = self._validators.get(request.body)
             if validator is None or attempt.reply is None:
                 result = to_result(request, attempt, made)
@@ -345,8 +349,14 @@ class Engine:
         """One request to its end: the first attempt, then retries while they may help."""
         data = orjson.dumps(body)
         first = await self._send(data, charge, limiters)
-        if first.error is None:  # the success path: no retry machinery at all
+        if first.error is None:
             return first, 1
+        return await self._retry(data, first, charge, limiters)
+
+    async def _retry(
+        self, data: bytes, first: Attempt, charge: int, limiters: list[RateLimiter]
+    ) -> tuple[Attempt, int]:
+        """Retries after a failed first attempt (the success path never comes here)."""
 
         async def send() -> Attempt:
             return await self._send(data, charge, limiters)

@@ -10,8 +10,10 @@ This module wires the stages together; each stage lives in its own module.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -33,11 +35,12 @@ from batcher.cache import ResponseCache
 from batcher.cost import PriceTable, with_costs
 from batcher.engine import Engine, EngineSettings, ModelLimits
 from batcher.errors import UsageError
-from batcher.inputs import RowBatch, read_batches, to_arrow
+from batcher.inputs import read_batches, to_arrow
 from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.requests import (
     InputScan,
     RequestSpec,
+    batch_requests,
     iter_requests,
     load_messages_template,
     scan,
@@ -46,6 +49,7 @@ from batcher.requests import (
 from batcher.results import (
     OUTPUT_NAMES,
     Assembler,
+    KeySpace,
     Layout,
     PartWriter,
     RequestGroup,
@@ -377,31 +381,19 @@ class Job:
         )
 
     def _groups(self, found: InputScan) -> Iterator[RequestGroup]:
-        """The input again, batch by batch, with each batch's requests and kept columns."""
+        """The input again, batch by batch, with its kept columns and (built only if the
+        assembler asks) its requests."""
         keep = kept_columns(self.spec.keep_columns, found)
-        seen: deque[RowBatch] = deque()
-
-        def tap() -> Iterator[RowBatch]:
-            for batch in read_batches(self.spec.input, limit=self.spec.limit):
-                seen.append(batch)
-                yield batch
-
-        def group(batch: RowBatch, requests: list[Request]) -> RequestGroup:
-            columns = None
-            if keep is not None:
-                columns = to_arrow(batch, found.schema).select(keep)
-            return RequestGroup(batch.start, batch.start + len(batch.rows), columns, requests)
-
-        pending: list[Request] = []
         spec = self.request_spec()
-        for request in iter_requests(spec, tap(), str(self.spec.input)):
-            while request.row_index >= seen[0].start + len(seen[0].rows):
-                yield group(seen.popleft(), pending)
-                pending = []
-            pending.append(request)
-        while seen:
-            yield group(seen.popleft(), pending)
-            pending = []
+        source = str(self.spec.input)
+        custom = found.custom_rows  # ascending
+        for batch in read_batches(self.spec.input, limit=self.spec.limit):
+            start, stop = batch.start, batch.start + len(batch.rows)
+            columns = None if keep is None else to_arrow(batch, found.schema).select(keep)
+            first_custom = bisect.bisect_left(custom, start)
+            default = first_custom == len(custom) or custom[first_custom] >= stop
+            requests = functools.partial(batch_requests, spec, batch, source)
+            yield RequestGroup(start, stop, columns, requests, default)
 
     def _assemble(
         self,
@@ -428,7 +420,9 @@ class Job:
             typed=tuple(arrow_fields(self.schema, taken)) if self.schema is not None else (),
         )
         schema = layout.schema()
-        assembler = Assembler(job_dir, layout, not_sent_reason=reason)
+        spec = self.request_spec()
+        keys = KeySpace(tuple(spec.models), len(grid), self.spec.samples)
+        assembler = Assembler(job_dir, layout, not_sent_reason=reason, keys=keys)
         tally = Tally()
 
         def tables() -> Iterator[pa.Table]:

@@ -112,6 +112,9 @@ class InputScan:
     per_model: Mapping[str, ModelCount]  # in model_index order
     schema: pa.Schema
     columns: tuple[str, ...]
+    # Rows whose requests are not one per (model of the job, sweep combination, sample),
+    # e.g. rows naming their own model. Every other row's keys are known without reading it.
+    custom_rows: array = field(default_factory=lambda: array("q"))
 
 
 def request_hash(body: Mapping[str, Any], base_url: str, *, sample: int = 0) -> str:
@@ -140,6 +143,11 @@ def iter_requests(
             yield from requests
 
 
+def batch_requests(spec: RequestSpec, batch: RowBatch, source: str) -> list[Request]:
+    """The requests of one batch of rows (already checked by `scan`), hashed, in order."""
+    return list(iter_requests(spec, [batch], source))
+
+
 def scan(spec: RequestSpec, path: str | os.PathLike[str], *, limit: int | None = None) -> InputScan:
     """Check every row before anything is sent; count requests and estimate tokens.
 
@@ -148,7 +156,7 @@ def scan(spec: RequestSpec, path: str | os.PathLike[str], *, limit: int | None =
     source = show_path(path)
     builder = _Builder(spec, source, collect_ids=True)
     schema = SchemaBuilder()
-    tally = _Tally()
+    tally = _Tally(len(spec.models) * len(builder.grid) * spec.samples)
     ids = array("q")
     for batch in read_batches(path, limit=limit):
         schema.add(batch)
@@ -169,6 +177,7 @@ def scan(spec: RequestSpec, path: str | os.PathLike[str], *, limit: int | None =
         per_model=tally.per_model(builder.model_names()),
         schema=found,
         columns=tuple(found.names),
+        custom_rows=tally.custom_rows,
     )
 
 
@@ -633,7 +642,9 @@ def _check_duplicates(hashes: array, rescan, source: str) -> None:
 class _Tally:
     """Counts of the scan, per model too."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_row: int) -> None:
+        self.per_row = per_row  # requests of a row for every model of the job
+        self.custom_rows = array("q")
         self.rows = self.requests = self.bad_rows = self.tokens = 0
         self.max_sum = 0
         self.all_bounded = True
@@ -643,6 +654,8 @@ class _Tally:
     def add(self, requests: list[Request]) -> None:
         self.rows += 1
         self.requests += len(requests)
+        if len(requests) != self.per_row or requests[0].model_index != 0:
+            self.custom_rows.append(requests[0].row_index)
         if requests[0].bad_input is not None:
             self.bad_rows += 1
             return

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -221,7 +222,22 @@ class RequestGroup:
     start: int  # row index of the first row
     stop: int  # one past the last row
     columns: pa.Table | None  # the input's kept columns, one row per input row
-    requests: list[Request]
+    requests: Callable[[], list[Request]]  # built only when the results cannot stand in
+    default_keys: bool = False  # every row: one request per (job model, combination, sample)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """The keys of a row with the default requests: models x combinations x samples, in
+    request order (model, then combination, then sample)."""
+
+    models: tuple[str, ...]
+    variants: int = 1
+    samples: int = 1
+
+    @property
+    def per_row(self) -> int:
+        return len(self.models) * self.variants * self.samples
 
 
 @dataclass(frozen=True)
@@ -257,8 +273,17 @@ class Layout:
 class Assembler:
     """Joins each input batch's requests with their results from the parts, in order."""
 
-    def __init__(self, job_dir: Path, layout: Layout, *, not_sent_reason: str) -> None:
+    def __init__(
+        self,
+        job_dir: Path,
+        layout: Layout,
+        *,
+        not_sent_reason: str,
+        keys: KeySpace | None = None,
+    ) -> None:
         self.layout = layout
+        self.keys = keys
+        self._models = pa.array(keys.models if keys else (), pa.string())
         self.schema = layout.schema()
         self.not_sent_reason = not_sent_reason
         # Each part's row range, read once from its footer: a window of rows then opens
@@ -268,23 +293,16 @@ class Assembler:
 
     def table(self, group: RequestGroup) -> pa.Table:
         found = self._results(group.start, group.stop)
-        keys = _latest_positions(found)
-        missing: list[Request] = []
-        take: list[int] = []
-        n_found = found.num_rows
-        for request in group.requests:
-            pos = keys.get(request.key)
-            if pos is None:
-                pos = n_found + len(missing)
-                missing.append(request)
-            take.append(pos)
         results = found.select(
             [*OUTPUT_SCHEMA.names, "ttft_s", "sample", "_variant", *STRUCTURED_SCHEMA.names]
         )
-        if missing:
-            filler = results_table(self._not_sent(r) for r in missing)
-            results = pa.concat_tables([results, filler.select(results.column_names)])
-        out = results.take(pa.array(take, type=pa.int64()))
+        order = self._default_order(found, group) if group.default_keys else None
+        if order is not None:  # the results are exactly the window's requests: sort them
+            out = results.take(order)
+            per_row = self.keys.per_row  # type: ignore[union-attr]
+            rows = pa.array(np.repeat(np.arange(group.stop - group.start), per_row))
+        else:
+            out, rows = self._joined(found, results, group)
         columns = {name: out.column(name) for name in out.column_names}
         for name, kind, values in self.layout.params:
             picks = pa.array(values, type=kind).take(out.column("_variant"))
@@ -293,11 +311,61 @@ class Assembler:
             parsed = [None if v is None else orjson.loads(v) for v in out["parsed"].to_pylist()]
             columns.update(typed_columns(parsed, list(self.layout.typed)))
         if group.columns is not None:
-            rows = pa.array([r.row_index - group.start for r in group.requests], type=pa.int64())
             inputs = group.columns.take(rows)
             for name, col in zip(inputs.column_names, inputs.columns):
                 columns[self.layout.input_name(name)] = col
         return pa.Table.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
+
+    def _default_order(self, found: pa.Table, group: RequestGroup) -> pa.Array | None:
+        """The request order of `found` when it holds each default key of the window once
+        and nothing else (the usual case: no Request needs building), else None.
+
+        Each key maps to its position among the window's requests; the results are exactly
+        the requests when those positions are a permutation of 0..n-1."""
+        keys = self.keys
+        n = (group.stop - group.start) * (keys.per_row if keys else 0)
+        if keys is None or n == 0 or found.num_rows != n:
+            return None
+        if any(found.column(name).null_count for name in ("_row", "_variant", "sample")):
+            return None  # parts of an older layout
+        rank = pc.index_in(found.column("model"), value_set=self._models)
+        if rank.null_count:  # a model this job does not ask
+            return None
+        variant = found.column("_variant").to_numpy().astype(np.int64)
+        sample = found.column("sample").to_numpy().astype(np.int64)
+        if variant.min() < 0 or variant.max() >= keys.variants:
+            return None
+        if sample.min() < 0 or sample.max() >= keys.samples:
+            return None
+        row = found.column("_row").to_numpy() - group.start
+        position = (row * len(keys.models) + rank.to_numpy()) * keys.variants + variant
+        position = position * keys.samples + sample
+        if np.bincount(position, minlength=n).max() != 1:  # a key twice (and so one missing)
+            return None
+        order = np.empty(n, dtype=np.int64)
+        order[position] = np.arange(n)
+        return pa.array(order)
+
+    def _joined(
+        self, found: pa.Table, results: pa.Table, group: RequestGroup
+    ) -> tuple[pa.Table, pa.Array]:
+        """The window's requests, each with its newest result or a `not_sent` row."""
+        requests = group.requests()
+        keys = _latest_positions(found)
+        missing: list[Request] = []
+        take: list[int] = []
+        n_found = found.num_rows
+        for request in requests:
+            pos = keys.get(request.key)
+            if pos is None:
+                pos = n_found + len(missing)
+                missing.append(request)
+            take.append(pos)
+        if missing:
+            filler = results_table(self._not_sent(r) for r in missing)
+            results = pa.concat_tables([results, filler.select(results.column_names)])
+        rows = pa.array([r.row_index - group.start for r in requests], type=pa.int64())
+        return results.take(pa.array(take, type=pa.int64())), rows
 
     def _results(self, start: int, stop: int) -> pa.Table:
         """Every stored result of rows [start, stop), with the number of its part."""

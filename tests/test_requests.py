@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -563,6 +564,7 @@ def test_scan_counts_and_schema(tmp_path):
         },
         schema=found.schema,
         columns=("id", "prompt", "flag", "model", "max_tokens"),
+        custom_rows=array("q", [1]),  # it names its own model
     )
     assert found.schema == pa.schema(
         [
