@@ -1528,7 +1528,9 @@ class MockServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            # A backlog for a thousand clients connecting at once (aiohttp's default, 128,
+            # drops the rest of the SYNs: a second's retransmit for each of them).
+            await web.TCPSite(runner, self.host, self.port, backlog=4096).start()
         except BaseException:
             await runner.cleanup()
             raise
