@@ -86,10 +86,12 @@ class Client:
         *,
         timeout: float = 120.0,
         max_body_bytes: int = 64 * 1024 * 1024,
+        session_has_headers: bool = False,
     ) -> None:
         self._session = session
         self._url = endpoint.url
-        self._headers = endpoint.headers()
+        # None when the session sends the endpoint's headers already (see new_session)
+        self._headers = None if session_has_headers else endpoint.headers()
         self._key = endpoint.key
         self._key_bytes = endpoint.key.encode() if endpoint.key else None
         # No sock_read: it could never fire before `total`, and it re-arms a timer on every

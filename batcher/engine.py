@@ -221,12 +221,13 @@ class Engine:
         """Like `run`, but yield the results finished since the last batch as a list: one
         hand-over per batch instead of one per result (what a high-rate consumer wants)."""
         own_session = self._session is None
-        session = self._session or new_session(self.settings)
+        session = self._session or new_session(self.settings, self.endpoint.headers())
         self._client = Client(
             session,
             self.endpoint,
             timeout=self.settings.timeout,
             max_body_bytes=self.settings.max_body_bytes,
+            session_has_headers=own_session,
         )
         concurrency = self.settings.concurrency
         outbox = _Outbox(limit=4 * concurrency)
@@ -455,12 +456,15 @@ class Engine:
             )
 
 
-def new_session(settings: EngineSettings) -> aiohttp.ClientSession:
-    """One session for the job, its pool sized to the concurrency."""
+def new_session(
+    settings: EngineSettings, headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """One session for the job, its pool sized to the concurrency; `headers` go with every
+    request (cheaper as the session's defaults than merged into each request)."""
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency, limit_per_host=0, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(connector=connector, raise_for_status=False)
+    return aiohttp.ClientSession(connector=connector, headers=headers, raise_for_status=False)
 
 
 def to_result(
