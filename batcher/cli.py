@@ -354,7 +354,9 @@ def skip_pandas_probe() -> None:
 
 def entry() -> None:
     """The `batcher` console command."""
-    skip_pandas_probe()
+    args = sys.argv[1:]
+    if args and not {"-h", "--help", "--version"} & set(args):  # help stays instant
+        skip_pandas_probe()
     main()
 
 
