@@ -137,6 +137,7 @@ class Job:
         self.engine: Engine | None = None
         self.cache: ResponseCache | None = None
         self.already_done = 0  # requests finished by earlier runs
+        self._part_ranges: dict[str, tuple[int, int]] = {}  # parts written by this run
         self.interrupted = False
 
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -293,6 +294,7 @@ class Job:
         """Run the engine over every request not yet done, flushing durable parts."""
         assert self.engine is not None
         writer = PartWriter(job_dir, first_part=next_part_number(job_dir))
+        self._part_ranges = writer.row_ranges  # for the assembler: no footers to read
         done = ok = prompt = completion = 0
         last_flush = last_progress = time.monotonic()
         flush_rows, flush_seconds = self.spec.flush_rows, self.spec.flush_seconds
@@ -422,7 +424,9 @@ class Job:
         schema = layout.schema()
         spec = self.request_spec()
         keys = KeySpace(tuple(spec.models), len(grid), self.spec.samples)
-        assembler = Assembler(job_dir, layout, not_sent_reason=reason, keys=keys)
+        assembler = Assembler(
+            job_dir, layout, not_sent_reason=reason, keys=keys, row_ranges=self._part_ranges
+        )
         tally = Tally()
 
         def tables() -> Iterator[pa.Table]:
