@@ -69,8 +69,10 @@ def batcher_cmd() -> list[str]:
     """The `batcher` console script of this interpreter (what `pip install` puts on PATH),
     else `python -m batcher`. Never the pyenv shim, whose own start-up is not batcher's."""
     script = Path(sys.executable).parent / "batcher"
-    if script.exists():
+    if script.exists() and not os.environ.get("BATCHER_BENCH_CODE"):
         return [str(script)]
+    # An earlier snapshot (BATCHER_BENCH_CODE) runs as `python -m batcher`: the installed
+    # script's entry point is the current tree's, which the snapshot may not have.
     return [sys.executable, "-m", "batcher"]
 
 
