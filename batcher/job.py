@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
@@ -307,16 +308,15 @@ class Job:
         )
         batches = self.engine.run_batches(todo)
         fresh: list[Result] = []  # sent this run, for the response cache
-        writes: deque[asyncio.Future] = deque()  # part writes in worker threads, in order
-
-        async def write_part(batch: list[Result], path: Path, before: asyncio.Future | None):
-            if before is not None:  # parts are written one at a time, in order
-                await asyncio.wait([before])
-            await asyncio.to_thread(writer.write, batch, path)
+        # Parts are written by one thread, in order; a batch handed to it is written even if
+        # the job is cancelled meanwhile (a second Ctrl-C): nothing taken is lost.
+        parts = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batcher-parts")
+        writes: deque[asyncio.Future] = deque()
+        loop = asyncio.get_running_loop()
 
         async def flush() -> None:
-            """Hand the buffered results to a thread to write; wait only when two writes
-            are already queued (results keep flowing while a part is written)."""
+            """Hand the buffered results to the part thread; wait only when two writes are
+            already queued (results keep flowing while a part is written)."""
             nonlocal last_flush
             last_flush = time.monotonic()
             if self.cache is not None:
@@ -327,7 +327,7 @@ class Job:
                 return
             while writes and writes[0].done():
                 writes.popleft().result()  # a failed write stops the job here
-            writes.append(asyncio.ensure_future(write_part(*taken, writes[-1] if writes else None)))
+            writes.append(loop.run_in_executor(parts, writer.write, *taken))
             if len(writes) > 2:
                 await asyncio.shield(asyncio.wait([writes[0]]))
 
@@ -358,12 +358,13 @@ class Job:
                     self.progress(Progress(done, total, ok, done - ok, prompt, completion))
         finally:
             ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-            try:  # a second Ctrl-C stops the wait, not the writes (threads finish them)
+            try:  # a second Ctrl-C stops these waits, not the writes
+                await asyncio.gather(ticker, return_exceptions=True)
                 outcomes = await asyncio.shield(asyncio.gather(*writes, return_exceptions=True))
                 failed = [r for r in outcomes if isinstance(r, BaseException)]
                 await batches.aclose()
             finally:
+                parts.shutdown(wait=True)  # every batch handed over is on disk
                 writer.flush()  # synchronously: a second Ctrl-C cannot cut it short
                 if self.cache is not None:
                     self.cache.put(fresh)
