@@ -155,12 +155,9 @@ class Client:
         return error
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes | AttemptError:
-        """The whole body, or an error when it is larger than the cap (read no further)."""
-        length = resp.content_length
-        compressed = _ENCODING in resp.headers  # the length is not the body's size
-        if length is not None and length <= self._max_body and not compressed:
-            return await resp.read()
-        if length is not None and not compressed:
+        """A body `post` could not read at once: declared too large, compressed (the length
+        is not the body's size) or of unknown length. Read no further than the cap."""
+        if resp.content_length is not None and _ENCODING not in resp.headers:
             return too_large(self._max_body)
         chunks: list[bytes] = []
         size = 0

@@ -308,11 +308,7 @@ class Engine:
             reserved = amount
         result = None
         try:
-            data = orjson.dumps(request.body)
-            attempt = await self._send(data, charge, limiters)  # not _complete: one frame less
-            made = 1
-            if attempt.error is not None:
-                attempt, made = await self._retry(data, attempt, charge, limiters)
+            attempt, made = await self._complete(request.body, charge, limiters)
             validator = self._validators.get(request.body)
             if validator is None or attempt.reply is None:
                 result = to_result(request, attempt, made)

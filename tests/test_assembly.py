@@ -52,11 +52,10 @@ def result(r: Request, content: str = "") -> Result:
     )
 
 
-def write_parts(job_dir, results: list[Result], size: int = 7) -> None:
-    writer = PartWriter(job_dir)
+def write_parts(job_dir, results: list[Result], size: int = 7, first_part: int = 0) -> None:
+    writer = PartWriter(job_dir, first_part=first_part)
     for i in range(0, len(results), size):
-        for r in results[i : i + size]:
-            writer.add(r)
+        writer.extend(results[i : i + size])
         writer.flush()
 
 
@@ -109,9 +108,7 @@ def test_a_key_written_twice_keeps_the_newest_even_when_the_count_adds_up(tmp_pa
     todo = requests(0, 2)
     # key 3 twice (older, newer part) and key 4 missing: as many results as requests
     write_parts(tmp_path, [result(r) for r in todo[:4] + todo[5:]], size=100)
-    write_parts_from = PartWriter(tmp_path, first_part=1)
-    write_parts_from.add(result(todo[3], "newer"))
-    write_parts_from.flush()
+    write_parts(tmp_path, [result(todo[3], "newer")], first_part=1)
     table = assemble(tmp_path, 0, 2, default=True)
     assert table["error_message"].to_pylist()[3] == "newer"
     assert table["error_type"].to_pylist()[4] == "not_sent"
@@ -126,11 +123,10 @@ def test_a_model_the_job_does_not_ask_is_left_out(tmp_path):
     assert table["error_type"].to_pylist()[0] == "not_sent"
 
 
-def test_latest_positions_prefers_the_newest_part(tmp_path):
+def test_a_key_written_twice_in_a_short_window_keeps_the_newest(tmp_path):
     todo = requests(0, 1)
-    write_parts(tmp_path, [result(todo[0], "old")], size=1)
-    later = PartWriter(tmp_path, first_part=5)
-    later.add(result(todo[0], "new"))
-    later.flush()
+    write_parts(tmp_path, [result(todo[0], "old")])
+    write_parts(tmp_path, [result(todo[0], "new")], first_part=5)
     table = assemble(tmp_path, 0, 1, default=True)
     assert table["error_message"].to_pylist()[0] == "new"
+    assert table["error_type"].to_pylist()[1:] == ["not_sent"] * (len(todo) - 1)
