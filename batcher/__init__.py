@@ -16,18 +16,18 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
+    from batcher.analysis.summary import JobSummary
     from batcher.api import arun, run
-    from batcher.engine import Engine, EngineSettings
-    from batcher.summary import JobSummary
+    from batcher.engine.engine import Engine, EngineSettings
 
 __all__ = ["Engine", "EngineSettings", "JobSummary", "__version__", "arun", "run"]
 
 _LAZY = {
     "run": "batcher.api",
     "arun": "batcher.api",
-    "Engine": "batcher.engine",
-    "EngineSettings": "batcher.engine",
-    "JobSummary": "batcher.summary",
+    "Engine": "batcher.engine.engine",
+    "EngineSettings": "batcher.engine.engine",
+    "JobSummary": "batcher.analysis.summary",
 }
 
 

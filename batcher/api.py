@@ -11,9 +11,9 @@ import concurrent.futures
 import os
 from typing import Any
 
+from batcher.analysis.summary import JobSummary
 from batcher.job import Job, ProgressCallback
 from batcher.spec import make_spec
-from batcher.summary import JobSummary
 
 
 async def arun(

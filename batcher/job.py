@@ -31,23 +31,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batcher import __version__
-from batcher.budget import Budget
-from batcher.cache import ResponseCache
-from batcher.cost import PriceTable, with_costs
-from batcher.engine import Engine, EngineSettings, ModelLimits
+from batcher.analysis.cost import PriceTable, with_costs
+from batcher.analysis.summary import JobSummary, Tally
+from batcher.engine.budget import Budget
+from batcher.engine.cache import ResponseCache
+from batcher.engine.engine import Engine, EngineSettings, ModelLimits
+from batcher.engine.retry import RetryPolicy
 from batcher.errors import UsageError
-from batcher.inputs import read_batches, to_arrow
-from batcher.providers import Endpoint, read_key, resolve_provider
-from batcher.requests import (
-    InputScan,
-    RequestSpec,
-    batch_requests,
-    iter_requests,
-    load_messages_template,
-    scan,
-    sweep_grid,
-)
-from batcher.results import (
+from batcher.io.assemble import (
     OUTPUT_NAMES,
     Assembler,
     KeySpace,
@@ -57,11 +48,20 @@ from batcher.results import (
     part_files,
     write_output,
 )
-from batcher.resume import DoneIndex, import_output, load_index
-from batcher.retry import RetryPolicy
+from batcher.io.inputs import read_batches, to_arrow
+from batcher.io.resume import DoneIndex, import_output, load_index
+from batcher.io.rows import (
+    InputScan,
+    RequestSpec,
+    batch_requests,
+    iter_requests,
+    load_messages_template,
+    scan,
+    sweep_grid,
+)
+from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.spec import KEEP_ALL, KEEP_NONE, JobSpec
-from batcher.structured import arrow_fields, load_schema, response_format
-from batcher.summary import JobSummary, Tally
+from batcher.structured.validate import arrow_fields, load_schema, response_format
 from batcher.types import Request, Result
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class Job:
         async with contextlib.AsyncExitStack() as stack:
             base_url = self.provider.base_url
             if base_url is None:  # the built-in mock, on a free loopback port
-                from batcher.mockserver import MockServer
+                from batcher.mock.server import MockServer
 
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url

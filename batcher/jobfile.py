@@ -370,7 +370,7 @@ def _cli_params(value: Any) -> dict[str, Any]:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
-    from batcher.cli import parse_param  # the CLI's own parser; imported late (no cycle)
+    from batcher.cli.run import parse_param  # the CLI's own parser; imported late (no cycle)
 
     items: Iterable[Any] = value
     return dict(parse_param(p) if isinstance(p, str) else p for p in items)

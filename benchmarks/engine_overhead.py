@@ -6,7 +6,7 @@ The same N pre-built requests, the same concurrency, a mock server with no laten
 own process, uvloop, and in every round (the order rotates):
 
 - floor: one aiohttp session, C workers, `POST`, `await resp.read()`, `orjson.loads`;
-- client: C workers calling `batcher.client.Client.post` on bodies already encoded (one
+- client: C workers calling `batcher.engine.http.Client.post` on bodies already encoded (one
   attempt: timeout, size cap, parse into a `Reply`, classification);
 - engine: `Engine.run_batches` over the `Request`s (limits, concurrency cap, results).
 
@@ -48,8 +48,8 @@ def main() -> None:
     import uvloop
 
     import batcher
-    from batcher.client import Client
-    from batcher.engine import Engine, EngineSettings, new_session
+    from batcher.engine.engine import Engine, EngineSettings, new_session
+    from batcher.engine.http import Client
     from batcher.providers import Endpoint
     from batcher.types import Request
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batcher.cli import main
-from batcher.mockserver import MockConfig, MockServerThread
+from batcher.cli.run import main
+from batcher.io.assemble import part_files
+from batcher.mock.server import MockConfig, MockServerThread
+from batcher.types import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -53,3 +60,65 @@ def cli(monkeypatch):
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def request(i: int, prompt: str | None = None, model: str = "mock-1") -> Request:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt or f"prompt {i}"}]}
+    return Request(
+        row_index=i,
+        row_id=str(i),
+        model=model,
+        model_index=0,
+        body=body,
+        request_hash=f"h{i}",
+        est_prompt_tokens=3,
+        max_tokens=None,
+    )
+
+
+def prompts(n: int, prefix: str = "p") -> list[dict]:
+    return [{"id": f"{prefix}{i}", "prompt": f"question number {i}"} for i in range(n)]
+
+
+class Job:
+    """`python -m batcher run ...` in a real subprocess; stderr goes to a file."""
+
+    count = 0
+
+    def __init__(self, args, stderr_dir: Path) -> None:
+        Job.count += 1
+        self.stderr_path = stderr_dir / f"stderr-{Job.count}.txt"
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "batcher", "run", *map(str, args)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
+        self.pid = self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def durable_count(job_dir: Path) -> int:
+    total = 0
+    for part in part_files(job_dir):
+        total += pq.read_metadata(part).num_rows
+    return total

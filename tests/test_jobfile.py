@@ -9,7 +9,7 @@ import click
 import pytest
 from click.core import ParameterSource
 
-from batcher.cli import run as run_command
+from batcher.cli.run import run as run_command
 from batcher.errors import UsageError
 from batcher.jobfile import JobFile, accepted_keys, load_job_file, merge
 

@@ -1,0 +1,249 @@
+"""What a job will cost and how long it will take, from the input scan, before sending.
+
+Tokens: the prompt estimate is the scan's (characters / 4); a reply is `typical_reply_tokens`
+(150 by default), capped by the model's max_tokens total when every request has one. The
+cost range per model is prompt + typical replies (low) to prompt + max_tokens (high; unknown
+without max_tokens on every request), at list prices from a `PriceTable`. Models without a
+price are named in `unpriced` and left out of the totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batcher.analysis.cost import UNPRICED_HINT, Price, PriceTable
+from batcher.errors import UsageError
+from batcher.io.rows import InputScan
+
+__all__ = ["Estimate", "ModelEstimate", "estimate", "render_estimate"]
+
+
+@dataclass(frozen=True)
+class ModelEstimate:
+    model: str
+    requests: int
+    prompt_tokens: int  # estimated: characters / 4 (from the input scan)
+    completion_tokens_max: int | None  # sum of max_tokens when every request has one
+    completion_tokens_typical: int  # requests x typical reply tokens, capped by the max
+    cost_low: float | None  # prompt + typical replies; None without a price
+    cost_high: float | None  # prompt + max_tokens; None without a price or max_tokens
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_low is not None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rows: int
+    requests: int  # requests to send (those of bad rows are not)
+    models: list[ModelEstimate]
+    prompt_tokens: int
+    completion_tokens_max: int | None  # None when some request has no max_tokens
+    cost_low: float | None  # sum over priced models; None when no model is priced
+    cost_high: float | None  # None also when a priced model has no max_tokens bound
+    unpriced: list[str]  # models without a price, left out of cost_low / cost_high
+    duration_s: float
+    duration_basis: str  # the binding limit: "rpm 600", "tpm 200000", "concurrency ..."
+    bad_rows: int = 0
+    typical_reply_tokens: int = 150
+
+    @property
+    def completion_tokens_typical(self) -> int:
+        return sum(m.completion_tokens_typical for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For --json: every field (the request count under "requests"), models as a list."""
+        return {
+            "rows": self.rows,
+            "requests": self.requests,
+            "bad_rows": self.bad_rows,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens_typical": self.completion_tokens_typical,
+            "completion_tokens_max": self.completion_tokens_max,
+            "typical_reply_tokens": self.typical_reply_tokens,
+            "cost_low": self.cost_low,
+            "cost_high": self.cost_high,
+            "unpriced": list(self.unpriced),
+            "duration_s": self.duration_s,
+            "duration_basis": self.duration_basis,
+            "models": [asdict(m) for m in self.models],
+        }
+
+
+def _cost(price: Price, prompt: int, completion: int) -> float:
+    return (prompt * price.input_per_million + completion * price.output_per_million) / 1e6
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise UsageError(f"{name} must be greater than 0, got {_num(value)}")
+
+
+def estimate(
+    scan: InputScan,
+    prices: PriceTable,
+    *,
+    concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    model_limits: Mapping[str, Mapping[str, float]] | None = None,
+    seconds_per_request: float = 2.0,
+    typical_reply_tokens: int = 150,
+    completion_allowance: int = 256,
+) -> Estimate:
+    """Tokens, cost range and duration of the job that `scan` describes.
+
+    The duration is the largest of these lower bounds (the one that binds names the basis):
+
+    - `requests / rpm * 60` for the whole job's rpm;
+    - `charged tokens / tpm * 60`, charging each request its prompt estimate plus its
+      max_tokens (`completion_allowance` when a model's requests lack one), as the limiter
+      does before sending;
+    - per model with its own limits in `model_limits` ({"model": {"rpm": .., "tpm": ..}}):
+      the same two over that model's requests and tokens alone;
+    - `requests * seconds_per_request / concurrency`, the time with the pool always full.
+
+    Retries, 429 pauses and the limiter's smoothing are not modelled."""
+    if concurrency < 1:
+        raise UsageError(f"concurrency must be at least 1, got {concurrency}")
+    _positive("rpm", rpm)
+    _positive("tpm", tpm)
+    if seconds_per_request < 0:
+        raise UsageError(f"seconds per request must be >= 0, got {seconds_per_request}")
+    if typical_reply_tokens < 0 or completion_allowance < 0:
+        raise UsageError("typical reply tokens and completion allowance must be >= 0")
+    limits = model_limits or {}
+    models: list[ModelEstimate] = []
+    unpriced: list[str] = []
+    own_bounds: list[tuple[float, str]] = []
+    charged = 0
+    for name, count in scan.per_model.items():
+        n = count.requests
+        cmax = count.max_tokens_total if n else 0
+        typical = n * typical_reply_tokens
+        if cmax is not None:
+            typical = min(typical, cmax)
+        price = prices.get(name)
+        if price is None:
+            unpriced.append(name)
+            low = high = None
+        else:
+            low = _cost(price, count.est_prompt_tokens, typical)
+            high = None if cmax is None else _cost(price, count.est_prompt_tokens, cmax)
+        models.append(ModelEstimate(name, n, count.est_prompt_tokens, cmax, typical, low, high))
+        tokens = count.est_prompt_tokens + (n * completion_allowance if cmax is None else cmax)
+        charged += tokens
+        own = limits.get(name, {})
+        if own.get("rpm"):
+            own_bounds.append((n / own["rpm"] * 60, f"{name} rpm {_num(own['rpm'])}"))
+        if own.get("tpm"):
+            own_bounds.append((tokens / own["tpm"] * 60, f"{name} tpm {_num(own['tpm'])}"))
+    requests = sum(m.requests for m in models)
+    bounds: list[tuple[float, str]] = []
+    if rpm:
+        bounds.append((requests / rpm * 60, f"rpm {_num(rpm)}"))
+    if tpm:
+        bounds.append((charged / tpm * 60, f"tpm {_num(tpm)}"))
+    bounds += own_bounds
+    basis = f"concurrency {concurrency} x {_num(seconds_per_request)} s per request"
+    bounds.append((requests * seconds_per_request / concurrency, basis))
+    if requests == 0:
+        duration, basis = 0.0, "no requests"
+    else:
+        duration, basis = max(bounds, key=lambda b: b[0])  # the first of equals wins
+
+    priced = [m for m in models if m.priced]
+    maxes = [m.completion_tokens_max for m in models]
+    return Estimate(
+        rows=scan.rows,
+        requests=requests,
+        models=models,
+        prompt_tokens=sum(m.prompt_tokens for m in models),
+        completion_tokens_max=None if None in maxes else sum(maxes),  # type: ignore[arg-type]
+        cost_low=sum(m.cost_low for m in priced) if priced else None,  # type: ignore[misc]
+        cost_high=(
+            sum(m.cost_high for m in priced)  # type: ignore[misc]
+            if priced and all(m.cost_high is not None for m in priced)
+            else None
+        ),
+        unpriced=unpriced,
+        duration_s=duration,
+        duration_basis=basis,
+        bad_rows=scan.bad_rows,
+        typical_reply_tokens=typical_reply_tokens,
+    )
+
+
+def _money(cost: float | None) -> str:
+    return "-" if cost is None else f"${cost:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def render_estimate(est: Estimate) -> list[str]:
+    """Human lines: requests, tokens, a cost table per model with the total, the duration
+    and the models without a price."""
+    n_models = len(est.models)
+    good_rows = est.rows - est.bad_rows
+    if est.requests == good_rows * n_models:
+        how = f"{_plural(good_rows, 'row')} x {_plural(n_models, 'model')}"
+    else:
+        how = f"{_plural(good_rows, 'row')}, {_plural(n_models, 'model')}"
+    lines = [f"requests: {est.requests} ({how})"]
+    if est.bad_rows:
+        lines.append(f"bad rows: {est.bad_rows} (not sent)")
+    reply = (
+        f"~{est.completion_tokens_typical} typical "
+        f"({est.typical_reply_tokens} per request, at most max_tokens)"
+    )
+    if est.completion_tokens_max is not None:
+        reply += f", at most {est.completion_tokens_max} (max_tokens)"
+    lines.append(f"prompt tokens: ~{est.prompt_tokens} (characters / 4)")
+    lines.append(f"reply tokens: {reply}")
+
+    header = ["model", "requests", "prompt tokens", "cost low", "cost high"]
+    rows = [header]
+    for m in est.models:
+        rows.append(
+            [
+                m.model,
+                str(m.requests),
+                str(m.prompt_tokens),
+                _money(m.cost_low),
+                _money(m.cost_high),
+            ]
+        )
+    total = ["total", str(est.requests), str(est.prompt_tokens)]
+    rows.append([*total, _money(est.cost_low), _money(est.cost_high)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(parts).rstrip())
+    if est.unpriced and est.cost_low is not None:
+        lines.append("(totals cover priced models only)")
+    if any(m.priced and m.cost_high is None for m in est.models):
+        lines.append("cost high: unknown without max_tokens on every request (--max-tokens)")
+    lines.append(f"duration: ~{_duration(est.duration_s)} ({est.duration_basis})")
+    if est.unpriced:
+        lines.append(f"no price for: {', '.join(est.unpriced)} {UNPRICED_HINT}")
+    return lines

@@ -1,0 +1,448 @@
+"""`batcher run` end to end, as a user runs it, against the mock API on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE, write_jsonl
+
+from batcher import __version__
+
+OUTPUT_TYPES = {
+    "id": pa.string(),
+    "model": pa.string(),
+    "status": pa.string(),
+    "content": pa.string(),
+    "finish_reason": pa.string(),
+    "refusal": pa.string(),
+    "reasoning": pa.string(),
+    "tool_calls": pa.string(),
+    "prompt_tokens": pa.int64(),
+    "completion_tokens": pa.int64(),
+    "total_tokens": pa.int64(),
+    "cost_usd": pa.float64(),
+    "latency_s": pa.float64(),
+    "attempts": pa.int32(),
+    "http_status": pa.int32(),
+    "error_type": pa.string(),
+    "error_message": pa.string(),
+    "response_id": pa.string(),
+    "response_model": pa.string(),
+    "created": pa.timestamp("ms", tz="UTC"),
+    "request_hash": pa.string(),
+    "search_results": pa.string(),
+    "warning": pa.string(),
+    "cached": pa.bool_(),
+}
+
+
+def read(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def test_sample_job_as_in_the_readme(cli, tmp_path):
+    out = tmp_path / "out" / "questions.parquet"
+    result = cli("run", SAMPLE / "questions.jsonl", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    assert f"wrote {out}" in result.stderr
+    assert "40 ok, 0 errors of 40 requests from 40 rows" in result.stderr
+    table = read(out)
+    for name, typ in OUTPUT_TYPES.items():
+        assert table.schema.field(name).type == typ, name
+    assert table.column_names[: len(OUTPUT_TYPES)] == list(OUTPUT_TYPES)
+    assert table.column_names[len(OUTPUT_TYPES) :] == ["input_id", "prompt"]
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [f"q{i:02d}" for i in range(1, 41)]
+    first = rows[0]
+    assert first["status"] == "ok" and first["model"] == "mock-1"
+    assert first["content"].startswith("Mock reply to: What is the capital of Australia?")
+    assert first["finish_reason"] == "stop"
+    assert first["attempts"] == 1 and first["http_status"] == 200
+    assert first["prompt_tokens"] > 0 and first["total_tokens"] == (
+        first["prompt_tokens"] + first["completion_tokens"]
+    )
+    assert len(first["request_hash"]) == 64
+    assert not (tmp_path / "out" / "questions.parquet.batcher").exists()
+
+
+def test_every_reader_reads_the_output(cli, tmp_path):
+    out = tmp_path / "o.parquet"
+    assert cli("run", SAMPLE / "questions.jsonl", "-o", out, "-q").exit_code == 0
+    assert len(pd.read_parquet(out)) == 40
+    assert pl.read_parquet(out).height == 40
+    assert duckdb.sql(f"select count(*) from '{out}'").fetchall() == [(40,)]
+
+
+def test_metadata_holds_settings_and_counts(cli, tmp_path):
+    out = tmp_path / "o.parquet"
+    cli("run", SAMPLE / "questions.jsonl", "-o", out, "--limit", "5", "-q")
+    meta = json.loads(pq.read_metadata(out).metadata[b"batcher"])
+    assert meta["version"] == __version__
+    assert meta["settings"]["limit"] == 5
+    assert (meta["rows"], meta["requests"], meta["ok"], meta["errors"]) == (5, 5, 5, 0)
+    assert meta["started"] <= meta["finished"]
+
+
+def test_two_models_in_input_then_model_order(cli, tmp_path):
+    out = tmp_path / "o.parquet"
+    result = cli(
+        "run",
+        SAMPLE / "questions.jsonl",
+        "-o",
+        out,
+        "-m",
+        "b/model",
+        "-m",
+        "a/model",
+        "--limit",
+        "6",
+        "-q",
+    )
+    assert result.exit_code == 0
+    rows = read(out).to_pylist()
+    assert [(r["id"], r["model"]) for r in rows] == [
+        (f"q{i:02d}", m) for i in range(1, 7) for m in ("b/model", "a/model")
+    ]
+    assert all(r["response_model"] == r["model"] for r in rows)
+
+
+def test_each_input_shape(cli, tmp_path):
+    shapes = {
+        "chats.jsonl": [],
+        "batch_requests.jsonl": [],
+        "reviews.csv": ["--template", "Review of {product}: {text}"],
+        "reviews.parquet": ["--template", "Review of {product}: {text}", "--limit", "10"],
+    }
+    for name, extra in shapes.items():
+        out = tmp_path / (name + ".parquet")
+        result = cli("run", SAMPLE / name, "-o", out, "-q", *extra)
+        assert result.exit_code == 0, (name, result.stderr)
+        table = read(out)
+        assert set(table.column("status").to_pylist()) == {"ok"}, name
+    batch = read(tmp_path / "batch_requests.jsonl.parquet").to_pylist()
+    assert [r["id"] for r in batch] == [f"req-{i}" for i in range(1, 21)]
+    reviews = read(tmp_path / "reviews.csv.parquet").to_pylist()
+    assert reviews[0]["content"].startswith("Mock reply to: Review of ")
+    assert reviews[0]["rating"] == "2"  # CSV values are strings
+
+
+def test_system_prompt_and_params_reach_the_server(cli, api, tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "hello"}])
+    out = tmp_path / "o.parquet"
+    result = cli(
+        "run",
+        data,
+        "-o",
+        out,
+        "--base-url",
+        api.url,
+        "-m",
+        "x/y",
+        "--system",
+        "Be brief.",
+        "--temperature",
+        "0.2",
+        "--max-tokens",
+        "50",
+        "--seed",
+        "7",
+        "--stop",
+        "END",
+        "--param",
+        "top_k=40",
+        "--param",
+        'reasoning={"effort":"low"}',
+        "--param",
+        "verbosity=low",
+        "-q",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert api.log[0].body == {
+        "model": "x/y",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello"},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "seed": 7,
+        "stop": ["END"],
+        "top_k": 40,
+        "reasoning": {"effort": "low"},
+        "verbosity": "low",
+    }
+
+
+def test_json_mode(cli, api, tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi"}])
+    result = cli(
+        "run", data, "-o", tmp_path / "o.parquet", "--base-url", api.url, "-m", "m", "--json", "-q"
+    )
+    assert result.exit_code == 0
+    assert api.log[0].body["response_format"] == {"type": "json_object"}
+    content = read(tmp_path / "o.parquet").column("content")[0].as_py()
+    assert isinstance(json.loads(content), dict)
+
+
+def test_keep_columns(cli, tmp_path):
+    out = tmp_path / "o.parquet"
+    args = (
+        "run",
+        SAMPLE / "reviews.jsonl",
+        "-o",
+        out,
+        "--template",
+        "{text}",
+        "--limit",
+        "3",
+        "-q",
+    )
+    cli(*args, "--keep-columns", "rating,text")
+    assert read(out).column_names[-2:] == ["rating", "text"]
+    assert read(out).schema.field("rating").type == pa.int64()
+    cli(*args, "--keep-columns", "none", "--fresh")
+    assert read(out).column_names == list(OUTPUT_TYPES)
+    result = cli(*args, "--keep-columns", "nope", "--fresh")
+    assert result.exit_code == 2
+    assert "--keep-columns: no input column 'nope'" in result.stderr
+
+
+def test_some_rows_in_error_exit_1(cli, tmp_path):
+    data = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "1", "prompt": "fine"},
+            {"id": "2", "prompt": "bad [[mock:400]]"},
+            {"id": "3", "prompt": "flaky [[mock:503x1]]"},
+        ],
+    )
+    out = tmp_path / "o.parquet"
+    result = cli("run", data, "-o", out, "--max-retries", "2")
+    assert result.exit_code == 1
+    assert "2 ok, 1 error (1 bad_request) of 3 requests from 3 rows" in result.stderr
+    rows = read(out).to_pylist()
+    assert [(r["id"], r["status"], r["attempts"], r["error_type"]) for r in rows] == [
+        ("1", "ok", 1, None),
+        ("2", "error", 1, "bad_request"),
+        ("3", "ok", 2, None),
+    ]
+    assert rows[1]["http_status"] == 400 and rows[1]["error_message"]
+
+
+def test_dry_run_sends_nothing(cli, api, tmp_path, monkeypatch):
+    monkeypatch.setenv("GW_KEY", "sk-dry-run-secret")
+    result = cli(
+        "run",
+        SAMPLE / "questions.jsonl",
+        "--dry-run",
+        "--base-url",
+        api.url,
+        "--api-key-env",
+        "GW_KEY",
+        "-m",
+        "m1",
+        "-m",
+        "m2",
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"80 requests from 40 rows to {api.url}/chat/completions"
+    assert json.loads(lines[1].removeprefix("headers: "))["Authorization"] == "Bearer ***"
+    assert [json.loads(line)["model"] for line in lines[2:]] == ["m1", "m2", "m1"]
+    assert "sk-dry-run-secret" not in result.stdout + result.stderr
+    assert api.log == []
+
+
+def test_version_and_help(cli):
+    assert cli("--version").stdout == f"batcher, version {__version__}\n"
+    for command in ([], ["run"], ["mock-server"]):
+        result = cli(*command, "--help")
+        assert result.exit_code == 0 and "Usage: " in result.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written, nothing sent
+
+
+BAD_INPUTS = [
+    ("bad.jsonl", b'{"prompt": "ok"}\n{"prompt": \n', "bad.jsonl: line 2: invalid JSON"),
+    (
+        "neither.jsonl",
+        b'{"prompt": "ok"}\n{"text": "no prompt"}\n',
+        "neither.jsonl: line 2: row has neither 'prompt' nor 'messages'",
+    ),
+    ("msgs.jsonl", b'{"messages": "hello"}\n', "msgs.jsonl: line 1: "),
+    ("num.jsonl", b'{"prompt": 5}\n', "num.jsonl: line 1: 'prompt' must be a string"),
+    (
+        "utf8.jsonl",
+        b'{"prompt": "ok"}\n{"prompt": "\xff\xfe"}\n',
+        "utf8.jsonl: line 2: invalid UTF-8",
+    ),
+    ("empty.jsonl", b"", "empty.jsonl: no rows"),
+    (
+        "dup.jsonl",
+        b'{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n',
+        "dup.jsonl: line 2: duplicate id '1' (first at line 1)",
+    ),
+    ("prompts.txt", b"hello\n", "prompts.txt: unknown file type '.txt'"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS)
+def test_bad_input_one_line_exit_2_nothing_sent(cli, api, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "o.parquet"
+    result = cli("run", path, "-o", out, "--base-url", api.url, "-m", "m")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert message in lines[0]
+    assert str(tmp_path) in lines[0] or name in lines[0]
+    assert not out.exists() and not (tmp_path / "o.parquet.batcher").exists()
+    assert api.log == []
+
+
+def test_template_errors(cli, api, tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, {"txt": "b"}])
+    out = tmp_path / "o.parquet"
+    missing = cli(
+        "run", data, "-o", out, "--template", "Say {text}", "--base-url", api.url, "-m", "m"
+    )
+    assert missing.exit_code == 2
+    assert "line 2: template field 'text' names no column" in missing.stderr
+    evil = cli(
+        "run", data, "-o", out, "--template", "{text.__class__}", "--base-url", api.url, "-m", "m"
+    )
+    assert evil.exit_code == 2
+    assert "not allowed" in evil.stderr and len(evil.stderr.splitlines()) == 1
+    assert api.log == [] and not out.exists()
+
+
+def test_bad_options_exit_2(cli, tmp_path):
+    result = cli("run", SAMPLE / "questions.jsonl", "-o", tmp_path / "o.parquet", "-c", "0")
+    assert (
+        result.exit_code == 2
+        and "--concurrency must be a finite number greater than 0" in result.stderr
+    )
+    result = cli(
+        "run", SAMPLE / "questions.jsonl", "-o", tmp_path / "o.parquet", "--provider", "openai"
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: no API key for provider 'openai': set $OPENAI_API_KEY or pass --api-key-file\n"
+    )
+    result = cli("run", SAMPLE / "questions.jsonl", "-o", tmp_path)
+    assert result.exit_code == 2 and "is a directory" in result.stderr
+    result = cli("run", SAMPLE / "questions.jsonl")
+    assert result.exit_code == 2 and "missing -o/--output" in result.stderr
+
+
+def test_on_bad_row_skip(cli, api, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b'{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": 3}\nnot json\n')
+    out = tmp_path / "o.parquet"
+    result = cli("run", data, "-o", out, "--on-bad-row", "skip", "--base-url", api.url, "-m", "m")
+    assert result.exit_code == 1
+    rows = read(out).to_pylist()
+    assert [(r["id"], r["status"], r["error_type"]) for r in rows] == [
+        ("a", "ok", None),
+        ("b", "error", "bad_input"),
+        ("2", "error", "bad_input"),
+    ]
+    assert "'prompt' must be a string" in rows[1]["error_message"]
+    assert len(api.log) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Keys
+
+
+def test_bad_key_stops_early_and_keeps_the_job(cli, make_api, tmp_path, monkeypatch):
+    api = make_api(api_key="right-key")
+    monkeypatch.setenv("MY_KEY", "wrong-key-123")
+    out = tmp_path / "o.parquet"
+    result = cli(
+        "run",
+        SAMPLE / "reviews.jsonl",
+        "-o",
+        out,
+        "--template",
+        "{text}",
+        "--base-url",
+        api.url,
+        "--api-key-env",
+        "MY_KEY",
+        "-m",
+        "m",
+        "-c",
+        "2",
+    )
+    assert result.exit_code == 1
+    assert "stopped early: " in result.stderr and "auth_error" in result.stderr
+    rows = read(out).to_pylist()
+    assert len(rows) == 300
+    sent = [r for r in rows if r["error_type"] == "auth_error"]
+    assert 20 <= len(sent) <= 24 and len(sent) == len(api.log)
+    assert {r["error_type"] for r in rows} == {"auth_error", "not_sent"}
+    assert (tmp_path / "o.parquet.batcher").is_dir()
+    assert "wrong-key-123" not in result.stdout + result.stderr
+
+
+def test_key_never_appears_anywhere(cli, make_api, tmp_path, monkeypatch, caplog):
+    key = "sk-test-SECRET-0123456789"
+    api = make_api(api_key=key)
+    monkeypatch.setenv("GW_KEY", key)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(key + "\n")
+    data = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "1", "prompt": "fine"},
+            {"id": "2", "prompt": "no [[mock:401]]"},
+            {"id": "3", "prompt": "drop [[mock:dropx1]]"},
+        ],
+    )
+    outputs = []
+    for i, auth in enumerate((["--api-key-env", "GW_KEY"], ["--api-key-file", key_file])):
+        out = tmp_path / f"o{i}.parquet"
+        for extra in ([], ["--dry-run"], ["-v", "--keep-job-dir", "--fresh"]):
+            result = cli("run", data, "-o", out, "--base-url", api.url, "-m", "m", *auth, *extra)
+            outputs.append(result.stdout + result.stderr)
+        assert read(out).column("status").to_pylist() == ["ok", "error", "ok"]
+    assert all(e.auth == "bearer" for e in api.log)
+    blobs = [o.encode() for o in outputs] + [caplog.text.encode()]
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != key_file:
+            blobs.append(path.read_bytes())
+            if path.suffix == ".parquet":  # compressed: look at the values and metadata too
+                blobs.append(json.dumps(read(path).to_pylist(), default=str).encode())
+                blobs.append(repr(pq.read_metadata(path).metadata).encode())
+    assert not [b for b in blobs if key.encode() in b]
+
+
+def test_the_command_never_imports_pandas(tmp_path):
+    """pyarrow would import pandas (0.4 s) on its first conversion of a Python value; the
+    `batcher` command spares it (see cli.skip_pandas_probe). Output still reads in pandas."""
+    import subprocess
+    import sys
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"p{i}"} for i in range(30)])
+    out = tmp_path / "out.parquet"
+    report = "import atexit, sys; atexit.register(lambda: print('pandas' in sys.modules))"
+    entry = f"{report}; from batcher.cli.run import entry; entry()"
+    cmd = [sys.executable, "-c", entry, "run", str(inp), "-o", str(out), "--provider", "mock"]
+    done = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"  # pandas was never imported
+    frame = pq.read_table(out).to_pandas()
+    assert len(frame) == 30 and set(frame["status"]) == {"ok"}
