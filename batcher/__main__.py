@@ -1,3 +1,3 @@
-from batcher.cli.run import entry
+from batcher.cli import entry
 
 entry()

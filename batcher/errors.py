@@ -10,11 +10,16 @@ BatcherError                 anything batcher raises on purpose
     └── FatalError           never retried: 400/401/403/404/413/422, exhausted quota
 ```
 
+The module ends with the helpers that word one-line messages (`quote`, `show_path`,
+`json_kind`, `one_line`).
+
 A failed row is data, not an exception: the engine turns an `AttemptError` into a `Result`
 with `status="error"`. Messages never contain request headers, so never a key.
 """
 
 from __future__ import annotations
+
+import os
 
 
 class BatcherError(Exception):
@@ -66,3 +71,39 @@ class RetryableError(AttemptError):
 
 class FatalError(AttemptError):
     """Another attempt would fail the same way."""
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` for a one-line message: whitespace runs as one space, cut at `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+QUOTE_CHARS = 60  # longer values are cut in messages
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """A value for a one-line message: repr-quoted, cut to `limit` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return repr(text)
+
+
+def show_path(path: str | os.PathLike[str]) -> str:
+    """The path as given, escaped if it holds characters that would break a line."""
+    text = os.fspath(path)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def json_kind(value: object) -> str:
+    """The JSON kind of a value, with an article: "an object", "a list", "null"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "a list"

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from batcher.errors import UsageError
+from batcher.providers import AUTH_STYLES, PRESETS
 
 KEEP_ALL = "all"
 KEEP_NONE = "none"
+# Options whose values are one of a few names (the CLI offers the same choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "provider": tuple(PRESETS),
+    "auth_header": AUTH_STYLES,
+    "on_bad_row": ("error", "skip"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,9 @@ class JobSpec:
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # body keys and the values to cross
     samples: int = 1  # independent requests per (row, model, combination)
     system: str | None = None
+    system_file: Path | None = None  # the system message template, from a file
     template: str | None = None
+    template_file: Path | None = None
     messages_template: Path | None = None
     # input shape
     prompt_column: str = "prompt"
@@ -91,8 +102,14 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 check_positive(name.replace("_", "-"), value)
-        if self.on_bad_row not in ("error", "skip"):
-            raise UsageError("--on-bad-row must be 'error' or 'skip'")
+        for name in ("system", "template"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                raise UsageError(f"give --{name} or --{name}-file, not both")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                shown = ", ".join(repr(c) for c in choices)
+                raise UsageError(f"--{name.replace('_', '-')}: {value!r} is not one of {shown}")
         if self.fresh and self.retry_errors:
             raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
         if self.output is not None and Path(self.output).resolve() == Path(self.input).resolve():
@@ -134,9 +151,40 @@ class JobSpec:
         return out
 
 
+def keep_columns(value: str) -> str | tuple[str, ...]:
+    """`--keep-columns` as written: "all", "none" or "a,b,c"."""
+    if value in (KEEP_ALL, KEEP_NONE):
+        return value
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def unknown_message(what: str, name: str, known: Iterable[str]) -> str:
+    """ "unknown option 'modles' (did you mean 'models'?)" """
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}"
+
+
 def check_positive(name: str, value: float) -> None:
     if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise UsageError(f"--{name} must be a finite number greater than 0, got {value}")
+
+
+# The default of every field (the command line shows the same ones).
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(JobSpec) if f.default is not dataclasses.MISSING
+}
+PATHS = (
+    "input",
+    "output",
+    "api_key_file",
+    "cache",
+    "schema",
+    "messages_template",
+    "system_file",
+    "template_file",
+    "prices",
+)
 
 
 def make_spec(**options: Any) -> JobSpec:
@@ -144,16 +192,8 @@ def make_spec(**options: Any) -> JobSpec:
     known = {f.name for f in fields(JobSpec)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r}")
-    for name in (
-        "input",
-        "output",
-        "api_key_file",
-        "cache",
-        "schema",
-        "messages_template",
-        "prices",
-    ):
+        raise UsageError(unknown_message("option", unknown[0], known))
+    for name in PATHS:
         if options.get(name) is not None:
             options[name] = Path(options[name])
     for name in ("models", "stop"):

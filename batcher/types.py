@@ -6,9 +6,13 @@ made several times per request (5 us a request at thousands of requests a second
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import orjson
 
 
 class Status(str, Enum):
@@ -36,16 +40,33 @@ class ErrorType(str, Enum):
     INVALID_OUTPUT = "invalid_output"  # structured output that never validated
 
 
+# Errors every other request of the job would meet too (a bad key, an exhausted quota, an
+# unknown model): they stop a job early, and a rerun sends those rows again once fixed.
+JOB_FATAL = frozenset(
+    e.value
+    for e in (
+        ErrorType.AUTH_ERROR,
+        ErrorType.PERMISSION_DENIED,
+        ErrorType.QUOTA_EXHAUSTED,
+        ErrorType.NOT_FOUND,
+    )
+)
+
+
 @dataclass(slots=True)
 class Request:
-    """One chat-completions request: an input row sent to one model (and sample)."""
+    """One chat-completions request: an input row sent to one model (and sample).
+
+    `payload` is the body as sent, serialised once: canonical JSON (keys sorted at every
+    level), the same bytes the request hash is taken over. `Request.chat` builds one for a
+    library caller; the job's rows become requests in `batcher.io.rows`."""
 
     row_index: int  # 0-based position of the row in the input
     row_id: str
     model: str
     model_index: int  # position of the model in the job's model list
-    body: dict[str, Any]  # the full chat-completions body, model included
-    request_hash: str  # SHA-256 of the canonical body and the base URL
+    payload: bytes  # the body, model included, as canonical JSON
+    request_hash: str  # SHA-256 of the canonical body and the base URL (see `request_hash`)
     est_prompt_tokens: int  # characters / 4
     max_tokens: int | None  # the completion bound in the body, if any
     sample: int = 0
@@ -53,9 +74,80 @@ class Request:
     variant: int = 0  # position of its parameter combination in the --sweep grid
 
     @property
+    def body(self) -> dict[str, Any]:
+        """The body as a dict (decoded from the payload on each call)."""
+        return orjson.loads(self.payload) if self.payload else {}
+
+    @property
     def key(self) -> tuple[int, str, int, int]:
         """What identifies its result: row, model, parameter combination, sample."""
         return (self.row_index, self.model, self.variant, self.sample)
+
+    @classmethod
+    def chat(
+        cls,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        id: str | None = None,
+        index: int = 0,
+        sample: int = 0,
+        base_url: str = "",
+        **params: Any,
+    ) -> Request:
+        """A request for `model` with `messages` and any other body keys (`temperature=0`,
+        `max_tokens=100`, `response_format=...`): hashed, its prompt tokens estimated.
+        `id` defaults to the row `index`; `base_url` enters the hash as it does for a job."""
+        body = {"model": model, "messages": messages, **params}
+        payload = canonical_json(body)
+        return cls(
+            row_index=index,
+            row_id=str(index) if id is None else id,
+            model=model,
+            model_index=0,
+            payload=payload,
+            request_hash=request_hash(payload, base_url, sample=sample),
+            est_prompt_tokens=estimate_tokens(messages),
+            max_tokens=max_tokens_of(body),
+            sample=sample,
+        )
+
+
+def canonical_json(body: Mapping[str, Any]) -> bytes:
+    """A body as canonical JSON: keys sorted at every level (TypeError if not JSON)."""
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def request_hash(payload: bytes, base_url: str, *, sample: int = 0) -> str:
+    """SHA-256 hex of `{"base_url": ..., "body": ..., "sample": k}` as canonical JSON (the
+    sample only when k > 0: samples of one body are distinct keys, sample 0 keeps the
+    one-sample hash), spliced from the payload rather than serialised again."""
+    head = b'{"base_url":' + orjson.dumps(base_url.rstrip("/")) + b',"body":'
+    tail = b',"sample":%d}' % sample if sample else b"}"
+    return hashlib.sha256(head + payload + tail).hexdigest()
+
+
+def estimate_tokens(messages: Any) -> int:
+    """Prompt tokens, roughly: characters of text / 4, at least 1."""
+    chars = 0
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                chars += len(text) if isinstance(text, str) else 0
+    return max(1, chars // 4)
+
+
+def max_tokens_of(body: Mapping[str, Any]) -> int | None:
+    """The completion bound of a body: `max_tokens`, else `max_completion_tokens`."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if type(value) is int:
+            return value
+    return None
 
 
 @dataclass(slots=True)
@@ -123,3 +215,18 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @classmethod
+    def of(cls, request: Request, status: Status, **fields: Any) -> Result:
+        """The result of `request`: its key and fingerprint copied, then `fields`."""
+        return cls(
+            row_index=request.row_index,
+            model_index=request.model_index,
+            sample=request.sample,
+            variant=request.variant,
+            id=request.row_id,
+            model=request.model,
+            status=status,
+            request_hash=request.request_hash or None,
+            **fields,
+        )

@@ -149,7 +149,7 @@ def snapshot_code(live: bool = False, tries: int = 20, wait_s: float = 15.0) -> 
             remove(root)
             tmp.rename(root)
         check = subprocess.run(
-            [sys.executable, "-c", "import batcher.cli.run, batcher.job, batcher.mock.server"],
+            [sys.executable, "-c", "import batcher.cli, batcher.job, batcher.mock"],
             env=child_env(True, root),
             cwd=BENCH_TMP,
             capture_output=True,

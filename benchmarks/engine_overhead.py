@@ -48,8 +48,8 @@ def main() -> None:
     import uvloop
 
     import batcher
-    from batcher.engine.engine import Engine, EngineSettings, new_session
-    from batcher.engine.http import Client
+    from batcher.engine.engine import Engine, EngineSettings
+    from batcher.engine.http import Client, new_session
     from batcher.providers import Endpoint
     from batcher.types import Request
 
@@ -58,21 +58,12 @@ def main() -> None:
     def requests() -> list[Request]:
         text = "x" * 90
         return [
-            Request(
-                i,
-                str(i),
-                "mock-1",
-                0,
-                {"model": "mock-1", "messages": [{"role": "user", "content": f"p{i} {text}"}]},
-                "h",
-                25,
-                None,
-            )
+            Request.chat("mock-1", [{"role": "user", "content": f"p{i} {text}"}], index=i)
             for i in range(n)
         ]
 
     async def floor(url: str, todo: list[Request]) -> None:
-        bodies = iter([orjson.dumps(r.body) for r in todo])
+        bodies = iter([r.payload for r in todo])
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
 
@@ -86,9 +77,9 @@ def main() -> None:
             await asyncio.gather(*(worker() for _ in range(c)))
 
     async def client(url: str, todo: list[Request]) -> None:
-        bodies = iter([orjson.dumps(r.body) for r in todo])
+        bodies = iter([r.payload for r in todo])
         endpoint = Endpoint(url, "bearer", None)
-        session = new_session(EngineSettings(concurrency=c), endpoint.headers())
+        session = new_session(c, endpoint.headers())
         posting = Client(session, endpoint, session_has_headers=True)
 
         async def worker() -> None:

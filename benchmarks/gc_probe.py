@@ -8,7 +8,7 @@ Runs the zero-latency case (`batcher run IN.jsonl -o OUT.parquet --base-url URL 
 and, per mode, changes one thing before `batcher.cli.main()` starts:
 
 - default: nothing;
-- freeze: `import batcher.cli.run, batcher.job` then `gc.freeze()` (imported modules move to
+- freeze: `import batcher.cli, batcher.job` then `gc.freeze()` (imported modules move to
   the permanent generation, so full collections stop scanning them);
 - threshold: `gc.set_threshold(50_000, 20, 20)` (fewer young collections).
 
@@ -58,11 +58,11 @@ def _dump():
         json.dump(stats, f)
 atexit.register(_dump)
 if mode == "freeze":
-    import batcher.cli.run, batcher.job
+    import batcher.cli, batcher.job
     gc.freeze()
 elif mode == "threshold":
     gc.set_threshold(50_000, 20, 20)
-from batcher.cli.run import main
+from batcher.cli import main
 main()
 """
 

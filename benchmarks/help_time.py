@@ -73,9 +73,9 @@ def time_all(env: dict, runs: int) -> dict:
 
 def import_profile(env: dict, top: int = 25) -> list[dict]:
     """The slowest imports (cumulative, any depth; depth 0 is imported by the command) of
-    what `batcher run` loads before it reads the input (`batcher.cli.run`, `batcher.job`),
+    what `batcher run` loads before it reads the input (`batcher.cli`, `batcher.job`),
     from -X importtime."""
-    cmd = [PY, "-X", "importtime", "-c", "import batcher.cli.run, batcher.job"]
+    cmd = [PY, "-X", "importtime", "-c", "import batcher.cli, batcher.job"]
     done = subprocess.run(cmd, env=env, cwd=BENCH_TMP, capture_output=True, text=True)
     rows = []
     for line in done.stderr.splitlines():

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batcher.cli.run import main
-from batcher.io.assemble import part_files
-from batcher.mock.server import MockConfig, MockServerThread
+from batcher.cli import main
+from batcher.io.jobdir import JobDir
+from batcher.mock import MockConfig, MockServerThread
 from batcher.types import Request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,17 +63,9 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def request(i: int, prompt: str | None = None, model: str = "mock-1") -> Request:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt or f"prompt {i}"}]}
-    return Request(
-        row_index=i,
-        row_id=str(i),
-        model=model,
-        model_index=0,
-        body=body,
-        request_hash=f"h{i}",
-        est_prompt_tokens=3,
-        max_tokens=None,
-    )
+    """Request i of a library caller: one user message, id and row index i."""
+    content = prompt or f"prompt {i}"
+    return Request.chat(model, [{"role": "user", "content": content}], id=str(i), index=i)
 
 
 def prompts(n: int, prefix: str = "p") -> list[dict]:
@@ -119,6 +111,6 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
 
 def durable_count(job_dir: Path) -> int:
     total = 0
-    for part in part_files(job_dir):
+    for part in JobDir.of(job_dir).parts():
         total += pq.read_metadata(part).num_rows
     return total

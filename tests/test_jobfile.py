@@ -1,17 +1,18 @@
-"""TOML job files: keys from the `run` command, converted values, errors, merge with the CLI."""
+"""TOML job files: keys are JobSpec fields, values checked against their types, errors, and
+the merge with what the command line or a library call sets."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import click
 import pytest
-from click.core import ParameterSource
 
+from batcher.cli.options import spec_options
 from batcher.cli.run import run as run_command
 from batcher.errors import UsageError
-from batcher.jobfile import JobFile, accepted_keys, load_job_file, merge
+from batcher.jobfile import FIELDS, JobFile, load_job_file, merge
+from batcher.spec import make_spec
 
 FILE = "jobs/x.toml"  # as the user typed it; messages name the file this way
 
@@ -51,7 +52,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 def load(text: str) -> JobFile:
     Path(FILE).write_text(text, encoding="utf-8")
-    return load_job_file(FILE, run_command)
+    return load_job_file(FILE)
 
 
 def error(text: str) -> str:
@@ -70,35 +71,30 @@ def test_the_example_loads_with_converted_values_and_paths_relative_to_the_file(
         "output": tmp_path / "out" / "reviews_labelled.parquet",
         "provider": "mock",
         "models": ("mock-1", "mock-2"),
-        "template_file": str(tmp_path / "sample_data" / "templates" / "review_user.txt"),
-        "system_file": str(tmp_path / "sample_data" / "templates" / "review_system.txt"),
+        "template_file": tmp_path / "sample_data" / "templates" / "review_user.txt",
+        "system_file": tmp_path / "sample_data" / "templates" / "review_system.txt",
         "temperature": 0.0,
         "max_tokens": 300,
         "concurrency": 16,
         "rpm": 600.0,
         "stop": ("END",),
-        "keep_columns": "id,text",
+        "keep_columns": ("id", "text"),
         "params": {"top_k": 40, "reasoning": {"effort": "low"}},
+        "model_limits": {"openai/gpt-5.5": {"rpm": 20.0, "tpm": 500000.0}},
     }
     assert type(job.options["temperature"]) is float
-    assert job.model_limits == {"openai/gpt-5.5": {"rpm": 20.0, "tpm": 500000.0}}
+    make_spec(**job.options)  # the library takes the file's options as they are
 
 
-def test_accepted_keys_come_from_the_command():
-    keys = accepted_keys(run_command)
-    for key in ("input", "output", "model", "models", "json", "json_mode", "param", "params"):
-        assert key in keys
-    assert keys["model"] is keys["models"]
-    for key in ("dry_run", "fresh", "retry_errors", "quiet", "verbose", "help", "limits"):
-        assert key not in keys
-
-    @click.command()
-    @click.option("--foo-bar", "fb", type=int)
-    def other(fb: int) -> None: ...
-
-    Path(FILE).write_text("foo-bar = 3\n", encoding="utf-8")
-    assert load_job_file(FILE, other).options == {"fb": 3}
-    assert sorted(accepted_keys(other)) == ["fb", "foo_bar"]
+def test_the_keys_are_the_specs_fields():
+    for key in ("input", "output", "models", "json", "params", "system_file", "max_cost"):
+        assert key in FIELDS
+    for key in ("dry_run", "fresh", "retry_errors", "model_limits"):
+        assert key not in FIELDS
+    # every option of the command but the per-invocation ones can be written in a file
+    flags = {p.name for p in run_command.params} - {"dry_run", "quiet", "verbose", "job_file"}
+    flags = {{"json_mode": "json"}.get(name, name) for name in flags}
+    assert flags - {"fresh", "retry_errors"} <= set(FIELDS)
 
 
 def test_underscore_and_dash_are_alike():
@@ -109,8 +105,8 @@ def test_underscore_and_dash_are_alike():
         "keep_job_dir": True,
         "on_bad_row": "skip",
     }
-    assert load("json = true").options == {"json_mode": True}
-    assert load("json_mode = false").options == {"json_mode": False}
+    assert load("json = true").options == {"json": True}
+    assert load("json_mode = false").options == {"json": False}
 
 
 def test_one_option_given_twice_is_refused():
@@ -198,7 +194,8 @@ def test_params_is_a_table_of_typed_values():
 
 
 def test_keep_columns_list_or_string():
-    assert load('keep_columns = ["id", "text"]').options == {"keep_columns": "id,text"}
+    assert load('keep_columns = ["id", "text"]').options == {"keep_columns": ("id", "text")}
+    assert load('keep_columns = "id, text"').options == {"keep_columns": ("id", "text")}
     assert load("keep_columns = []").options == {"keep_columns": "none"}
     assert load('keep-columns = "all"').options == {"keep_columns": "all"}
     assert error('keep_columns = ["a,b"]') == (
@@ -225,8 +222,8 @@ def test_system_and_system_file_together_are_refused():
 
 def test_limits_per_model():
     job = load('[limits.a]\nrpm = 20\n[limits."b/c"]\ntpm = 1.5e5\nrpm = 1\n')
-    assert job.model_limits == {"a": {"rpm": 20.0}, "b/c": {"tpm": 150000.0, "rpm": 1.0}}
-    assert job.options == {}
+    limits = {"a": {"rpm": 20.0}, "b/c": {"tpm": 150000.0, "rpm": 1.0}}
+    assert job.options == {"model_limits": limits}
 
 
 @pytest.mark.parametrize(
@@ -272,7 +269,7 @@ def test_where_the_key_is_may_be_named(tmp_path):
     job = load('api_key_env = "MY_KEY"\napi-key-file = "secrets/gw.key"\n')
     assert job.options == {
         "api_key_env": "MY_KEY",
-        "api_key_file": str(tmp_path / "jobs" / "secrets" / "gw.key"),
+        "api_key_file": tmp_path / "jobs" / "secrets" / "gw.key",
     }
     message = error('api_key_env = "sk-live-123"')
     assert "sk-live" not in message
@@ -287,57 +284,53 @@ def test_toml_syntax_error():
 
 def test_missing_file():
     with pytest.raises(UsageError, match=r"^jobs/missing\.toml: no such file$"):
-        load_job_file("jobs/missing.toml", run_command)
+        load_job_file("jobs/missing.toml")
 
 
-def parse(*args: str) -> tuple[dict, dict]:
-    """Click's values and their sources for `batcher run ARGS`, as the CLI would see them."""
+def cli_options(*args: str) -> dict:
+    """The spec options `batcher run ARGS` would run with (the job file's among them)."""
     ctx = run_command.make_context("run", list(args))
-    sources = {p.name: ctx.get_parameter_source(p.name) for p in run_command.params}
-    return dict(ctx.params), sources
+    opts = {k: v for k, v in ctx.params.items() if k not in ("dry_run", "quiet", "verbose")}
+    return spec_options(ctx, opts)
 
 
 def test_merge_command_line_wins_and_defaults_do_not_override_the_file(tmp_path):
-    job = load(EXAMPLE)
-    values, sources = parse("in.jsonl", "--concurrency", "4", "-m", "gpt-5.5")
-    merged = merge(job, values, sources)
+    load(EXAMPLE)
+    merged = cli_options("in.jsonl", "--job", FILE, "--concurrency", "4", "-m", "gpt-5.5")
     assert merged["concurrency"] == 4  # command line
     assert merged["models"] == ("gpt-5.5",)  # replaces the file's list
     assert merged["input"] == Path("in.jsonl")
-    assert merged["max_tokens"] == 300  # file; click's default is None
+    assert merged["max_tokens"] == 300  # file; the command line left it unset
     assert merged["output"] == tmp_path / "out" / "reviews_labelled.parquet"
-    assert merged["timeout"] == 120.0  # neither: click's default
-    assert merged["dry_run"] is False
-    assert set(merged) == set(values)
+    assert "timeout" not in merged  # neither: the spec's default applies
+    assert make_spec(**merged).timeout == 120.0
 
 
 def test_merge_environment_wins(monkeypatch):
+    load("concurrency = 16")
     monkeypatch.setenv("BATCHER_CONCURRENCY", "64")
-    values, sources = parse("in.jsonl")
-    assert sources["concurrency"] is ParameterSource.ENVIRONMENT
-    assert merge(load("concurrency = 16"), values, sources)["concurrency"] == 64
+    ctx = run_command.make_context("run", ["in.jsonl", "--job", FILE], auto_envvar_prefix="BATCHER")
+    opts = {k: v for k, v in ctx.params.items() if k not in ("dry_run", "quiet", "verbose")}
+    assert spec_options(ctx, opts)["concurrency"] == 64
 
 
 def test_merge_params_per_key():
-    job = load('[params]\ntop_k = 40\nreasoning = { effort = "low" }\n')
-    values, sources = parse("in.jsonl", "--param", 'reasoning={"effort":"high"}')
-    merged = merge(job, {**values, "params": {"reasoning": {"effort": "high"}}}, sources)
+    job = load('input = "in.jsonl"\n[params]\ntop_k = 40\nreasoning = { effort = "low" }\n')
+    merged = merge(job.options, {"params": {"reasoning": {"effort": "high"}}})
     assert merged["params"] == {"top_k": 40, "reasoning": {"effort": "high"}}
-    # click's raw KEY=JSON strings are parsed the way --param parses them
-    assert merge(job, values, sources)["params"] == merged["params"]
-    assert merge(job, parse("in.jsonl")[0], parse("in.jsonl")[1])["params"] == {
-        "top_k": 40,
-        "reasoning": {"effort": "low"},
-    }
+    # the command line's KEY=JSON strings are parsed the way --param parses them
+    assert (
+        cli_options("--job", FILE, "--param", 'reasoning={"effort":"high"}')["params"]
+        == (merged["params"])
+    )
+    assert cli_options("--job", FILE)["params"] == {"top_k": 40, "reasoning": {"effort": "low"}}
 
 
 def test_merge_command_line_text_drops_the_files_text_file(tmp_path):
-    job = load('system_file = "s.txt"\ntemplate = "Classify: {text}"\n')
-    values, sources = parse("in.jsonl", "--system", "Be brief.", "--template-file", "t.txt")
-    merged = merge(job, values, sources)
-    assert (merged["system"], merged["system_file"]) == ("Be brief.", None)
-    assert (merged["template"], merged["template_file"]) == (None, "t.txt")
-    values, sources = parse("in.jsonl")
-    merged = merge(job, values, sources)
-    assert merged["system_file"] == str(tmp_path / "jobs" / "s.txt")
+    load('input = "in.jsonl"\nsystem_file = "s.txt"\ntemplate = "Classify: {text}"\n')
+    merged = cli_options("--job", FILE, "--system", "Be brief.", "--template-file", "t.txt")
+    assert (merged["system"], merged.get("system_file")) == ("Be brief.", None)
+    assert (merged.get("template"), merged["template_file"]) == (None, Path("t.txt"))
+    merged = cli_options("--job", FILE)
+    assert merged["system_file"] == tmp_path / "jobs" / "s.txt"
     assert merged["template"] == "Classify: {text}"

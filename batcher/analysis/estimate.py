@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from batcher.analysis.cost import UNPRICED_HINT, Price, PriceTable
+from batcher.analysis.text import aligned, money
 from batcher.errors import UsageError
-from batcher.io.rows import InputScan
+from batcher.io.check import InputScan
+from batcher.prices import UNPRICED_HINT, Price, PriceTable
 
 __all__ = ["Estimate", "ModelEstimate", "estimate", "render_estimate"]
 
@@ -181,10 +182,6 @@ def estimate(
     )
 
 
-def _money(cost: float | None) -> str:
-    return "-" if cost is None else f"${cost:.4f}"
-
-
 def _duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f}s"
@@ -229,16 +226,13 @@ def render_estimate(est: Estimate) -> list[str]:
                 m.model,
                 str(m.requests),
                 str(m.prompt_tokens),
-                _money(m.cost_low),
-                _money(m.cost_high),
+                money(m.cost_low),
+                money(m.cost_high),
             ]
         )
     total = ["total", str(est.requests), str(est.prompt_tokens)]
-    rows.append([*total, _money(est.cost_low), _money(est.cost_high)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(parts).rstrip())
+    rows.append([*total, money(est.cost_low), money(est.cost_high)])
+    lines += aligned(rows)
     if est.unpriced and est.cost_low is not None:
         lines.append("(totals cover priced models only)")
     if any(m.priced and m.cost_high is None for m in est.models):

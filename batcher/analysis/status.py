@@ -1,31 +1,36 @@
-"""`batcher status`: how far a job is, from its job directory (running or stopped) or OUT."""
+"""`batcher status`: how far a job is, from its job folder (running or stopped) or OUT.
+
+The counts, tokens and cost are those `batcher cost` shows for the same path: the newest
+result per key, priced with the same price table (`analysis.totals`, `analysis.cost`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batcher.analysis.cost import with_costs
+from batcher.analysis.text import aligned
+from batcher.analysis.totals import Totals, group_totals
 from batcher.errors import UsageError
-from batcher.io.assemble import KEY_NAMES, PART_SCHEMA, part_files
+from batcher.io.jobdir import JobDir
+from batcher.prices import PriceTable
 
 COLUMNS = [
-    "_row",
     "model",
-    "_variant",
-    "sample",
     "status",
     "error_type",
     "prompt_tokens",
     "completion_tokens",
+    "total_tokens",
     "cost_usd",
-    "_done_at",
+    "cached",
 ]
 
 
@@ -66,78 +71,72 @@ class JobStatus:
         return out
 
 
-def job_status(path: Path, *, now: float | None = None) -> JobStatus:
-    """Status of OUT (or OUT.batcher/): the job directory if there is one, else OUT."""
+def job_status(
+    path: Path, *, prices: PriceTable | None = None, now: float | None = None
+) -> JobStatus:
+    """Status of OUT (or OUT.batcher/): the job folder if there is one, else OUT."""
     now = time.time() if now is None else now
-    path = Path(path)
-    job_dir = path if path.is_dir() else path.with_name(path.name + ".batcher")
-    if job_dir.is_dir():
-        return from_job_dir(job_dir, now)
-    if path.is_file():
-        return from_output(path)
+    prices = prices if prices is not None else PriceTable.load()
+    job_dir = JobDir.of(Path(path))
+    if job_dir.exists():
+        return _from_job_dir(job_dir, prices, now)
+    if Path(path).is_file():
+        return _from_output(Path(path), prices)
     raise UsageError(f"{path}: no such output or job directory")
 
 
-def from_job_dir(job_dir: Path, now: float) -> JobStatus:
-    info = read_info(job_dir)
-    latest: dict[tuple, dict] = {}
-    for part in part_files(job_dir):
-        try:
-            rows = pq.read_table(part, columns=COLUMNS).to_pylist()
-        except (OSError, ValueError):
-            continue  # being replaced or damaged: the job itself deals with it
-        for row in rows:
-            latest[(row["_row"], row["model"], row["_variant"], row["sample"])] = row
+def _from_job_dir(job_dir: JobDir, prices: PriceTable, now: float) -> JobStatus:
+    info = job_dir.read_info()
+    table = with_costs(job_dir.results([*COLUMNS, "_done_at"]), prices)
     per_model = {m: ModelStatus(m) for m in info.get("models", [])}
+    for found in group_totals(table, ("model",), sort=False):
+        model = found.key["model"]
+        per_model[model] = _model_status(model, found)
     totals = info.get("per_model", {})
-    times = []
-    for row in latest.values():
-        m = per_model.setdefault(row["model"], ModelStatus(row["model"]))
-        add_row(m, row)
-        if row["_done_at"] is not None:
-            times.append(row["_done_at"])
     for m in per_model.values():
         if m.model in totals:
             m.pending = max(0, totals[m.model] - m.done)
+    done_at = table.column("_done_at")
+    recent = pc.sum(pc.greater_equal(done_at, now - 60)).as_py() or 0
+    newest = pc.max(done_at).as_py()
     pid = info.get("pid")
     state = "running" if pid and alive(pid) else "stopped"
-    return summarize(str(job_dir), state, info, list(per_model.values()), times, now, pid)
+    return _status(str(job_dir.path), state, info, list(per_model.values()), recent, newest, pid)
 
 
-def from_output(path: Path) -> JobStatus:
+def _from_output(path: Path, prices: PriceTable) -> JobStatus:
     try:
         meta = json.loads(pq.read_metadata(path).metadata[b"batcher"])
     except (KeyError, TypeError, ValueError, OSError):
         raise UsageError(f"{path}: not a batcher output file") from None
-    names = [c for c in COLUMNS if not c.startswith("_") and c != "sample"]
-    per_model: dict[str, ModelStatus] = {}
-    for row in pq.read_table(path, columns=names).to_pylist():
-        if row["error_type"] == "not_sent":
-            continue
-        add_row(per_model.setdefault(row["model"], ModelStatus(row["model"])), row)
-    for m in per_model.values():
-        m.pending = 0
+    table = with_costs(pq.read_table(path, columns=COLUMNS), prices)
+    sent = pc.invert(pc.fill_null(pc.equal(table.column("error_type"), "not_sent"), False))
+    per_model = [
+        _model_status(found.key["model"], found, pending=0)
+        for found in group_totals(table.filter(sent), ("model",), sort=False)
+    ]
     info = {"rows": meta.get("rows"), "requests": meta.get("requests")}
-    return summarize(str(path), "finished", info, list(per_model.values()), [], 0.0, None)
+    return _status(str(path), "finished", info, per_model, 0, None, None)
 
 
-def add_row(m: ModelStatus, row: dict) -> None:
-    m.done += 1
-    if row["status"] == "ok":
-        m.ok += 1
-    else:
-        kind = row["error_type"] or "unknown"
-        m.errors[kind] = m.errors.get(kind, 0) + 1
-    m.prompt_tokens += row["prompt_tokens"] or 0
-    m.completion_tokens += row["completion_tokens"] or 0
-    if row["cost_usd"] is not None:
-        m.cost_usd = (m.cost_usd or 0.0) + row["cost_usd"]
+def _model_status(model: str, found: Totals, pending: int | None = None) -> ModelStatus:
+    return ModelStatus(
+        model=model,
+        done=found.requests,
+        ok=found.ok,
+        errors=dict(found.errors_by_type),
+        pending=pending,
+        prompt_tokens=found.prompt_tokens,
+        completion_tokens=found.completion_tokens,
+        cost_usd=found.cost_usd,
+    )
 
 
-def summarize(path, state, info, models, times, now, pid) -> JobStatus:
-    errors: Counter[str] = Counter()
+def _status(path, state, info, models, recent, newest, pid) -> JobStatus:
+    errors: dict[str, int] = {}
     for m in models:
-        errors.update(m.errors)
+        for kind, n in m.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
     return JobStatus(
         path=path,
         state=state,
@@ -145,19 +144,12 @@ def summarize(path, state, info, models, times, now, pid) -> JobStatus:
         requests=info.get("requests"),
         done=sum(m.done for m in models),
         ok=sum(m.ok for m in models),
-        errors=dict(errors),
+        errors=errors,
         models=models,
-        last_minute=sum(1 for t in times if t >= now - 60),
-        last_progress=max(times) if times else None,
+        last_minute=recent,
+        last_progress=newest,
         pid=pid,
     )
-
-
-def read_info(job_dir: Path) -> dict:
-    try:
-        return json.loads((job_dir / "job.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def alive(pid: int) -> bool:
@@ -178,16 +170,14 @@ def render(status: JobStatus, *, now: float | None = None) -> list[str]:
         share = f" ({100 * status.done / status.requests:.1f}%)"
     pid = f" (pid {status.pid})" if status.state == "running" else ""
     lines = [f"{status.path}: {status.state}{pid}, {status.done}{total} requests done{share}"]
-    header = f"  {'model':<28} {'done':>8} {'ok':>8} {'errors':>7} {'pending':>8} "
-    header += f"{'tokens in':>10} {'tokens out':>10} {'cost':>10}"
-    lines.append(header)
+    rows = [["model", "done", "ok", "errors", "pending", "tokens in", "tokens out", "cost"]]
     for m in status.models:
         pending = "?" if m.pending is None else str(m.pending)
         cost = "-" if m.cost_usd is None else f"${m.cost_usd:.4f}"
-        lines.append(
-            f"  {m.model:<28} {m.done:>8} {m.ok:>8} {sum(m.errors.values()):>7} {pending:>8} "
-            f"{m.prompt_tokens:>10} {m.completion_tokens:>10} {cost:>10}"
-        )
+        errors = str(sum(m.errors.values()))
+        tokens = [str(m.prompt_tokens), str(m.completion_tokens)]
+        rows.append([m.model, str(m.done), str(m.ok), errors, pending, *tokens, cost])
+    lines += ["  " + line for line in aligned(rows)]
     if status.errors:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(status.errors.items()))
         lines.append(f"errors: {kinds}")
@@ -197,30 +187,3 @@ def render(status: JobStatus, *, now: float | None = None) -> list[str]:
             f"rate: {status.last_minute} results in the last minute; last progress {ago:.0f} s ago"
         )
     return lines
-
-
-def read_results(path: Path) -> pa.Table:
-    """The result rows of OUT, or of its job directory while the job runs or after it
-    stopped (newest result per key; parts being written are skipped)."""
-    path = Path(path)
-    job_dir = path if path.is_dir() else path.with_name(path.name + ".batcher")
-    if job_dir.is_dir():
-        tables = []
-        for number, part in enumerate(part_files(job_dir)):
-            try:
-                table = pq.read_table(part)
-            except (OSError, ValueError):
-                continue
-            tables.append(table.append_column("_part", pa.array([number] * table.num_rows)))
-        if not tables:
-            return PART_SCHEMA.empty_table()
-        table = pa.concat_tables(tables, promote_options="permissive")
-        keys = zip(*(table.column(n).to_pylist() for n in KEY_NAMES))
-        newest = {key: i for i, key in enumerate(keys)}  # parts are in write order
-        return table.take(pa.array(sorted(newest.values()), pa.int64()))
-    if path.is_file():
-        try:
-            return pq.read_table(path)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: not a readable Parquet file: {exc}") from None
-    raise UsageError(f"{path}: no such output or job directory")

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from batcher.io.rows import InputScan
+from batcher.io.check import InputScan
 from batcher.types import Request
 
 log = logging.getLogger(__name__)
@@ -40,21 +40,32 @@ def texts(request: Request) -> Iterable[str]:
                     yield part["text"]
 
 
-def recount(found: InputScan, requests: Iterable[Request]) -> tuple[InputScan, str]:
-    """The scan with prompt tokens counted by tiktoken when possible; and how they were."""
-    encoder = offline_encoder()
-    if encoder is None:
-        return found, "characters / 4"
-    per_model = {model: 0 for model in found.per_model}
-    for request in requests:
-        if request.bad_input is None:
-            tokens = sum(len(encoder.encode(t, disallowed_special=())) for t in texts(request))
-            per_model[request.model] = per_model.get(request.model, 0) + max(1, tokens)
-    models = {
-        m: dataclasses.replace(c, est_prompt_tokens=per_model.get(m, 0))
-        for m, c in found.per_model.items()
-    }
-    total = sum(per_model.values())
-    return dataclasses.replace(found, per_model=models, est_prompt_tokens=total), (
-        f"tiktoken {ENCODING}"
-    )
+class TokenCounter:
+    """A checking-pass sink counting the prompt tokens of every request with tiktoken."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.per_model: dict[str, int] = {}
+
+    @classmethod
+    def offline(cls) -> TokenCounter | None:
+        """A counter, or None when tiktoken or its encoding is not available offline."""
+        encoder = offline_encoder()
+        return None if encoder is None else cls(encoder)
+
+    def __call__(self, batch: Any, requests: list[Request], todo: list[bool]) -> None:
+        encode = self.encoder.encode
+        for request in requests:
+            if request.bad_input is None:
+                tokens = sum(len(encode(t, disallowed_special=())) for t in texts(request))
+                counts = self.per_model
+                counts[request.model] = counts.get(request.model, 0) + max(1, tokens)
+
+    def recount(self, found: InputScan) -> InputScan:
+        """The pass's figures with these counts instead of characters / 4."""
+        models = {
+            m: dataclasses.replace(c, est_prompt_tokens=self.per_model.get(m, 0))
+            for m, c in found.per_model.items()
+        }
+        total = sum(self.per_model.values())
+        return dataclasses.replace(found, per_model=models, est_prompt_tokens=total)

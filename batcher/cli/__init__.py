@@ -1,5 +1,36 @@
-"""The `batcher` command line."""
+"""The `batcher` command line: click at the edge, the library underneath.
 
-from batcher.cli.run import entry, main
+`batcher.cli.options` holds the options `run` and `estimate` share; each command module
+parses, builds a spec, calls the library, prints and picks the exit code.
+"""
 
-__all__ = ["entry", "main"]
+from __future__ import annotations
+
+import sys
+
+import click
+
+from batcher import __version__
+from batcher.cli.analysis import cost, estimate, report, status
+from batcher.cli.mock import mock_server
+from batcher.cli.run import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="batcher")
+def main() -> None:
+    """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
+
+
+for command in (run, estimate, cost, report, status, mock_server):
+    main.add_command(command)
+
+
+def entry() -> None:
+    """The `batcher` console command."""
+    args = sys.argv[1:]
+    if args and not {"-h", "--help", "--version"} & set(args):  # help stays instant
+        from batcher.io.columns import skip_pandas_probe
+
+        skip_pandas_probe()
+    main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from batcher.analysis.cost import PriceTable, row_cost
+from batcher.prices import PriceTable, row_cost
 from batcher.types import Request, Result
 
 

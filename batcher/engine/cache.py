@@ -56,15 +56,9 @@ class ResponseCache:
         data = orjson.loads(row[0])
         usage = data.pop("usage")
         reply = Reply(**data, usage=Usage(**usage))
-        return Result(
-            row_index=request.row_index,
-            model_index=request.model_index,
-            sample=request.sample,
-            variant=request.variant,
-            id=request.row_id,
-            model=request.model,
-            status=Status.OK,
-            request_hash=request.request_hash,
+        return Result.of(
+            request,
+            Status.OK,
             attempts=0,
             reply=reply,
             usage=dataclasses.replace(reply.usage, cost_usd=0.0),

@@ -1,8 +1,10 @@
-"""One HTTP attempt: post a body, read the reply, classify the outcome.
+"""The one aiohttp boundary: the session, one HTTP attempt, and aiohttp's errors mapped.
 
-This is the only module that sees raw provider JSON and aiohttp's exceptions. It returns an
-`Attempt` (never raises for a failed request): a `Reply` when the attempt worked, else an
-`AttemptError` saying whether another attempt may help.
+`Client.post` sends a body and reads the reply (capped), streamed or not, and returns an
+`Attempt` (it never raises for a failed request): a `Reply` when the attempt worked, else an
+`AttemptError` saying whether another attempt may help. The bytes go to
+`batcher.engine.replies` to be parsed; aiohttp's and asyncio's exceptions are translated here
+and nowhere else (`map_exception`).
 """
 
 from __future__ import annotations
@@ -12,56 +14,17 @@ import io
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import aiohttp
-import orjson
 
+from batcher.engine.replies import parse_reply, too_large
+from batcher.engine.stream import StreamReply
 from batcher.errors import AttemptError, FatalError, RetryableError
 from batcher.providers import Endpoint
-from batcher.types import ErrorType, Reply, Usage
+from batcher.types import ErrorType, Reply
 
-MAX_MESSAGE = 500  # characters of a server's error message kept in error_message
-MAX_COUNT = 2**53  # token counts beyond this are nonsense (and would overflow int64 sums)
 LARGE_BODY = 1024 * 1024  # bodies above this go to aiohttp as a stream
 _ENCODING = "Content-Encoding"
-
-RETRYABLE_STATUS = {
-    408: ErrorType.TIMEOUT,
-    409: ErrorType.SERVER_ERROR,
-    429: ErrorType.RATE_LIMITED,
-    500: ErrorType.SERVER_ERROR,
-    502: ErrorType.SERVER_ERROR,
-    503: ErrorType.SERVER_ERROR,
-    504: ErrorType.SERVER_ERROR,
-    529: ErrorType.SERVER_ERROR,
-}
-FATAL_STATUS = {
-    400: ErrorType.BAD_REQUEST,
-    401: ErrorType.AUTH_ERROR,
-    403: ErrorType.PERMISSION_DENIED,
-    404: ErrorType.NOT_FOUND,
-    413: ErrorType.BAD_REQUEST,
-    422: ErrorType.BAD_REQUEST,
-}
-# Errors that every other request of the job would meet too.
-JOB_FATAL = {
-    ErrorType.AUTH_ERROR,
-    ErrorType.PERMISSION_DENIED,
-    ErrorType.QUOTA_EXHAUSTED,
-    ErrorType.NOT_FOUND,
-}
-QUOTA_WORDS = (
-    "insufficient_quota",
-    "quota",
-    "balance",
-    "billing",
-    "credit",
-    "spend limit",
-    "spending limit",
-    "payment",
-)
 
 
 @dataclass(slots=True)
@@ -135,10 +98,19 @@ class Client:
 
     async def _stream(self, resp: aiohttp.ClientResponse, start: float) -> Attempt:
         """A streamed reply (--stream), assembled into the same Reply, with its ttft."""
-        from batcher.engine.streaming import read_stream
-
+        stream = StreamReply(start, resp.headers, max_bytes=self._max_body)
         try:
-            streamed = await read_stream(resp, start, max_bytes=self._max_body)
+            try:
+                async for piece in resp.content.iter_any():
+                    if stream.feed(piece):
+                        break
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                if isinstance(exc, asyncio.TimeoutError):  # ServerTimeoutError: post's timeout
+                    raise
+                raise RetryableError(
+                    ErrorType.CONNECTION_ERROR, "stream cut before [DONE]", http_status=200
+                ) from None
+            streamed = stream.result()
         except AttemptError as exc:
             latency = time.perf_counter() - start
             return Attempt(latency, resp.status, error=self._scrub(exc), headers=resp.headers)
@@ -167,10 +139,6 @@ class Client:
                 return too_large(self._max_body)
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def too_large(cap: int) -> AttemptError:
-    return FatalError(ErrorType.RESPONSE_TOO_LARGE, f"reply larger than {cap // 2**20} MiB")
 
 
 PERMANENT_ERRORS = (
@@ -203,225 +171,10 @@ def map_exception(exc: BaseException) -> AttemptError:
     return RetryableError(ErrorType.BAD_RESPONSE, f"{name}: {detail}")
 
 
-def parse_reply(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
-    """A `Reply` from a 200, else raise the `AttemptError` the status and body call for."""
-    if status != 200:
-        raise status_error(status, headers, body)
-    if not body:
-        raise RetryableError(ErrorType.BAD_RESPONSE, "empty reply body", http_status=status)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RetryableError(
-            ErrorType.BAD_RESPONSE, f"reply is not valid JSON: {exc.msg}", http_status=status
-        ) from None
-    if not isinstance(data, dict) or "choices" not in data:
-        if error_payload(data) is not None:  # some gateways answer 200 with an error body
-            raise status_error(status, headers, body, data)
-        raise RetryableError(ErrorType.BAD_RESPONSE, "reply has no 'choices'", http_status=status)
-    return completion(data, status)
-
-
-def completion(data: dict[str, Any], status: int) -> Reply:
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise RetryableError(ErrorType.BAD_RESPONSE, "reply has no choices", http_status=status)
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        raise RetryableError(ErrorType.BAD_RESPONSE, "choice has no message", http_status=status)
-    tool_calls = message.get("tool_calls")
-    return Reply(
-        content=text_of(message.get("content")),
-        finish_reason=str_or_none(choice.get("finish_reason")),
-        refusal=str_or_none(message.get("refusal")),
-        reasoning=str_or_none(message.get("reasoning") or message.get("reasoning_content")),
-        tool_calls=json_or_none(tool_calls) if tool_calls else None,
-        usage=usage_of(data),
-        response_id=str_or_none(data.get("id") or data.get("request_id")),
-        response_model=str_or_none(data.get("model")),
-        created=unix_seconds(data.get("created")),
-        search_results=json_or_none(data.get("search_results")),
-        warning=warning_of(data.get("warning")),
-    )
-
-
-def usage_of(data: dict[str, Any]) -> Usage:
-    """Usage from `usage`, or Octen's `meta.usage`; mistyped counts become 0."""
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        meta = data.get("meta")
-        usage = meta.get("usage") if isinstance(meta, dict) else None
-    if not isinstance(usage, dict):
-        return Usage()
-    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion_ = count(usage.get("completion_tokens", usage.get("output_tokens")))
-    total = count(usage.get("total_tokens")) or prompt + completion_
-    cost = usage.get("cost")
-    cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
-    return Usage(prompt, completion_, total, cost)
-
-
-def status_error(
-    status: int, headers: Mapping[str, str], body: bytes, data: Any = None
-) -> AttemptError:
-    """The error an HTTP error status (or an error body) stands for."""
-    if data is None:
-        try:
-            data = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            data = None
-    payload = error_payload(data)
-    message = error_message(payload, body, status)
-    code = error_code(payload)
-    wait = retry_after(headers)
-    lowered = f"{code} {message}".lower()
-    may_be_quota = status in (200, 402, 403, 429)
-    if status == 200:  # an error body on a 200: judge it by its own numeric code if any
-        first = code.split(" ", 1)[0]
-        status = int(first) if first.isdigit() else 500
-    rate_wording = any(
-        w in lowered for w in ("per minute", "per second", "rate limit", "rate_limit")
-    )
-    if (
-        may_be_quota
-        and wait is None
-        and not rate_wording
-        and any(w in lowered for w in QUOTA_WORDS)
-    ):
-        return FatalError(ErrorType.QUOTA_EXHAUSTED, message, http_status=status, job_fatal=True)
-    if status == 429 and "concurren" in lowered:
-        return RetryableError(
-            ErrorType.RATE_LIMITED,
-            message,
-            http_status=status,
-            retry_after=wait,
-            concurrency=True,
-        )
-    if status in RETRYABLE_STATUS:
-        kind = RETRYABLE_STATUS[status]
-        return RetryableError(kind, message, http_status=status, retry_after=wait)
-    if status in FATAL_STATUS:
-        kind = FATAL_STATUS[status]
-        return FatalError(kind, message, http_status=status, job_fatal=kind in JOB_FATAL)
-    if 300 <= status < 400:
-        location = headers.get("Location", "?")
-        message = f"redirect to {location} not followed (check --base-url)"
-        return FatalError(ErrorType.HTTP_ERROR, message, http_status=status, job_fatal=True)
-    if status >= 500:
-        return RetryableError(ErrorType.SERVER_ERROR, message, http_status=status, retry_after=wait)
-    return FatalError(ErrorType.HTTP_ERROR, message, http_status=status)
-
-
-def error_payload(data: Any) -> dict[str, Any] | None:
-    """The error object of OpenAI, Anthropic, Octen and Gemini (a list) shapes."""
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        data = data[0]
-    if not isinstance(data, dict):
-        return None
-    inner = data.get("error")
-    if isinstance(inner, dict):
-        return inner
-    if isinstance(inner, str):
-        return {"message": inner}
-    if "msg" in data and "code" in data:  # Octen
-        return {"message": data.get("msg"), "code": data.get("code")}
-    return None
-
-
-def error_message(payload: dict[str, Any] | None, body: bytes, status: int) -> str:
-    message = payload.get("message") if payload else None
-    if not isinstance(message, str) or not message.strip():
-        text = body[:200].decode("utf-8", "replace").strip()
-        looks_html = text.lower().startswith(("<!doctype", "<html"))
-        message = f"HTTP {status}" if not text or looks_html else f"HTTP {status}: {text}"
-    message = " ".join(message.split())
-    return message[:MAX_MESSAGE]
-
-
-def error_code(payload: dict[str, Any] | None) -> str:
-    if not payload:
-        return ""
-    parts = [payload.get(key) for key in ("code", "type", "status")]
-    return " ".join(str(p) for p in parts if p is not None and p != "")
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from `retry-after-ms`, else `retry-after` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def text_of(content: Any) -> str | None:
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        texts = [p.get("text") for p in content if isinstance(p, dict)]
-        return "".join(t for t in texts if isinstance(t, str))
-    return json_or_none(content)
-
-
-def warning_of(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json_or_none(value)
-
-
-def json_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return None
-
-
-def str_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
-def int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value == value:
-        return int(value)
-    return None
-
-
-def unix_seconds(value: Any) -> int | None:
-    """`created` as unix seconds; milliseconds and nanoseconds are scaled, nonsense dropped."""
-    seconds = int_or_none(value)
-    while seconds is not None and seconds > 10**11:  # ms, us or ns since 1970
-        seconds //= 1000
-    return seconds if seconds is not None and 0 <= seconds < 10**11 else None
-
-
-def count(value: Any) -> int:
-    """A token count; mistyped, negative or absurd (past 2**53) counts become 0."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, float) and value == value and abs(value) < MAX_COUNT:
-        value = int(value)
-    if isinstance(value, int) and 0 <= value < MAX_COUNT:
-        return value
-    return 0
+def new_session(
+    concurrency: int, headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """One session for a run, its pool sized to the concurrency; `headers` go with every
+    request (cheaper as the session's defaults than merged into each request)."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, headers=headers, raise_for_status=False)

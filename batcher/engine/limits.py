@@ -16,6 +16,8 @@ charge for a request that is cancelled before it may go.
 
 `ConcurrencyLimit` is an in-flight cap with AIMD: it shrinks by a quarter when the server
 says "too many concurrent requests" and grows by one after `limit` successes.
+
+`Limits` holds all of them for one run of the engine and learns from every reply.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
-__all__ = ["ConcurrencyLimit", "RateLimiter", "parse_duration"]
+if TYPE_CHECKING:
+    from batcher.engine.http import Attempt
+
+__all__ = ["ConcurrencyLimit", "Limits", "RateLimiter", "parse_duration"]
 
 _NEVER = float("-inf")
 _EPSILON = 1e-9  # seconds: a start this close counts as due (float rounding, timer slop)
@@ -361,3 +367,64 @@ class ConcurrencyLimit:
                 fut.set_result(None)
                 self._in_flight += 1
                 self._peak = max(self._peak, self._in_flight)
+
+
+class Limits:
+    """The limits of one run: requests and tokens per minute for the whole endpoint and per
+    model, and the adaptive in-flight cap, all fed back from every reply (`learn`)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        model_limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_pause: float = 60.0,
+    ) -> None:
+        self.endpoint = RateLimiter(rpm, tpm)
+        self.cap = ConcurrencyLimit(concurrency)
+        self._max_pause = max_pause
+        self._own = {m: RateLimiter(r, t) for m, (r, t) in (model_limits or {}).items()}
+        self._for: dict[str, list[RateLimiter]] = {}
+
+    def of(self, model: str) -> list[RateLimiter]:
+        """The rate limiters a request to `model` goes through: the endpoint's, its own."""
+        limiters = self._for.get(model)
+        if limiters is None:
+            limiters = [self.endpoint, *([self._own[model]] if model in self._own else [])]
+            self._for[model] = limiters
+        return limiters
+
+    async def acquire(self, model: str, charge: int) -> list[RateLimiter]:
+        """Wait until a request of `charge` tokens to `model` may start; its limiters."""
+        limiters = self.of(model)
+        for limiter in limiters:
+            await limiter.acquire(charge)
+        return limiters
+
+    @staticmethod
+    def refund(limiters: list[RateLimiter], charge: int) -> None:
+        """A request that was let through but not sent gives its tokens back."""
+        for limiter in limiters:
+            limiter.settle(charge, 0)
+
+    def learn(self, limiters: list[RateLimiter], attempt: Attempt, charge: int) -> None:
+        """Feed what a reply said back into the limits: rate-limit headers, the tokens it
+        really used, and a 429 (a pause for everyone, or a smaller cap when it was about
+        requests in flight)."""
+        error, reply = attempt.error, attempt.reply
+        for limiter in limiters:
+            if attempt.headers is not None:
+                limiter.observe(attempt.headers, self.cap.in_flight)
+            if reply is not None:
+                limiter.settle(charge, reply.usage.total_tokens or charge)
+            elif error is not None and error.error_type == "rate_limited":
+                limiter.settle(charge, 0)
+        if reply is not None:
+            self.cap.on_success()
+        elif error is not None and error.concurrency:
+            self.cap.shrink()
+        elif error is not None and error.error_type == "rate_limited":
+            wait = error.retry_after if error.retry_after is not None else 1.0
+            self.endpoint.pause(min(wait, self._max_pause))

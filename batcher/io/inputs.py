@@ -10,7 +10,7 @@ Types: JSONL values are what JSON says; CSV has no types, so every CSV value is 
 record shorter than the header gives None for the missing fields); Parquet values are what
 `to_pylist()` gives.
 
-`SchemaBuilder` infers the Arrow schema of the input's own columns and `to_arrow` turns a
+`SchemaBuilder` infers the Arrow schema of the input's own columns and `rows_table` turns a
 batch into a table of exactly that schema, so they can be kept next to the results.
 """
 
@@ -29,13 +29,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batcher.errors import InputError
+from batcher.errors import InputError, json_kind, one_line, quote, show_path
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # a JSONL/CSV batch ends after about this much text
 READ_BUFFER = 1 << 20
 BOM = b"\xef\xbb\xbf"
-QUOTE_CHARS = 60  # longer values are cut in messages
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # One record of a JSONL/CSV stream: (line, row or None, one-line message or None, size).
@@ -57,33 +56,6 @@ class RowBatch:
         """Where row i is, for messages: "line 7" or "row 7"."""
         unit = "row" if self.kind == "parquet" else "line"
         return f"{unit} {self.lines[i]}"
-
-
-def quote(value: object, limit: int = QUOTE_CHARS) -> str:
-    """A value for a one-line message: repr-quoted, cut to `limit` characters."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return repr(text)
-
-
-def show_path(path: str | os.PathLike[str]) -> str:
-    """The path as given, escaped if it holds characters that would break a line."""
-    text = os.fspath(path)
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def json_kind(value: object) -> str:
-    """The JSON kind of a value, with an article: "an object", "a list", "null"..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an object" if isinstance(value, dict) else "a list"
 
 
 def file_kind(path: str | os.PathLike[str]) -> str:
@@ -151,12 +123,7 @@ def _open(path: str | os.PathLike[str], source: str) -> IO[bytes]:
 
 def _os_reason(exc: Exception) -> str:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return _one_line(reason)
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    return one_line(reason)
 
 
 def _batched(
@@ -216,7 +183,7 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
         return "invalid UTF-8"
     if "depth" in msg or "recursion" in msg.lower():
         return "invalid JSON: nested too deeply (more than 1024 levels)"
-    return f"invalid JSON: {_one_line(msg)} at column {exc.colno}"
+    return f"invalid JSON: {one_line(msg)} at column {exc.colno}"
 
 
 # --- CSV --------------------------------------------------------------------------------
@@ -233,7 +200,7 @@ def _csv_records(f: IO[bytes], source: str) -> Iterator[Record]:
         try:
             fields = next(reader, None)
         except csv.Error as exc:
-            raise InputError(f"{source}: line {reader.line_num}: {_one_line(str(exc))}") from None
+            raise InputError(f"{source}: line {reader.line_num}: {one_line(str(exc))}") from None
         if fields is None:
             return
         first, end = end + 1, reader.line_num
@@ -341,7 +308,7 @@ def _parquet_batches(
 
 
 def _not_parquet(source: str, exc: Exception) -> InputError:
-    reason = _one_line(str(exc)) or type(exc).__name__
+    reason = one_line(str(exc)) or type(exc).__name__
     return InputError(f"{source}: not a readable Parquet file: {reason}")
 
 
@@ -403,7 +370,7 @@ def input_schema(path: str | os.PathLike[str], *, limit: int | None = None) -> p
     return builder.schema()
 
 
-def to_arrow(batch: RowBatch, schema: pa.Schema) -> pa.Table:
+def rows_table(batch: RowBatch, schema: pa.Schema) -> pa.Table:
     """The batch's rows as a table of exactly `schema` (from `SchemaBuilder`), values
     converted as its rules say; unreadable rows and values that do not fit become null."""
     if batch.arrow is not None and batch.arrow.schema.equals(schema):
@@ -479,6 +446,6 @@ __all__ = [
     "input_schema",
     "quote",
     "read_batches",
+    "rows_table",
     "show_path",
-    "to_arrow",
 ]

@@ -8,6 +8,7 @@ The index holds two 8-byte integers and a flag per result, sorted for binary sea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -20,8 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batcher.errors import UsageError
-from batcher.io.assemble import PART_SCHEMA, part_files, write_atomic
-from batcher.types import Request
+from batcher.io.columns import PART_SCHEMA
+from batcher.io.jobdir import JobDir, write_atomic
+from batcher.types import JOB_FATAL, Request
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,6 @@ INDEX_COLUMNS = [
     "status",
     "error_type",
 ]
-# Errors that say every request would fail the same way: the job stopped on them, and once
-# the cause is fixed (a key, a top-up, a model name) a rerun should send those rows again.
-REDO_ERRORS = frozenset({"auth_error", "permission_denied", "quota_exhausted", "not_found"})
 
 
 def digest64(*parts: object) -> int:
@@ -61,7 +60,8 @@ class DoneIndex:
     keys: np.ndarray
     prints: np.ndarray
     ok: np.ndarray
-    redo: np.ndarray  # results to send again in any case (see REDO_ERRORS)
+    redo: np.ndarray  # errors every request met (a bad key): sent again once it is fixed
+    source: str = ""  # where the results are (the job folder or OUT), for messages
 
     @classmethod
     def empty(cls) -> DoneIndex:
@@ -83,7 +83,7 @@ class DoneIndex:
                 # an error every request would have met (bad key, no quota) is not done:
                 # the rerun after the fix sends it again
                 oks.append(status == "ok")
-                redo.append(error_type in REDO_ERRORS)
+                redo.append(error_type in JOB_FATAL)
         if not keys:
             return cls.empty()
         k = np.array(keys, dtype=np.int64)
@@ -111,49 +111,26 @@ class DoneIndex:
         return -1
 
     def is_done(self, request: Request, *, retry_errors: bool = False) -> bool:
+        """Whether the request's earlier result stands: an ok one, or an error unless
+        `retry_errors` (or the error is one every request met, which a rerun sends again).
+        An earlier result made from a different row or settings is a UsageError."""
         i = self.find(request_key(request))
-        return i >= 0 and self._done(i, retry_errors)
-
-    def _done(self, i: int, retry_errors: bool) -> bool:
+        if i < 0:
+            return False
+        if self.prints[i] != request_print(request):
+            raise UsageError(
+                f"{self.source}: earlier results were made from a different input or settings "
+                f"(first: row {request.row_index}, id {request.row_id!r}, model "
+                f"{request.model!r}); run with --fresh to start over, or restore the earlier "
+                "input and options"
+            )
         return bool(self.ok[i]) or not (retry_errors or self.redo[i])
 
-    def compare(
-        self, requests: Iterable[Request], *, retry_errors: bool = False
-    ) -> tuple[int, Request | None]:
-        """How many requests are already done, and the first whose durable result was
-        made from a different input row or settings (None when all match)."""
-        done = 0
-        for request in requests:
-            i = self.find(request_key(request))
-            if i < 0:
-                continue
-            if self.prints[i] != request_print(request):
-                return done, request
-            done += self._done(i, retry_errors)
-        return done, None
 
-
-def healthy_parts(job_dir: Path) -> list[Path]:
-    """Parts whose footer reads; a damaged one is set aside (renamed hidden) and re-sent."""
-    good = []
-    for path in part_files(job_dir):
-        try:
-            meta = pq.read_metadata(path)
-            if not set(INDEX_COLUMNS) <= set(meta.schema.names):
-                raise ValueError("missing columns")
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            aside = path.with_name(f".damaged-{path.name}")
-            path.replace(aside)
-            log.warning("%s is damaged (%s); its results will be sent again", path.name, exc)
-            continue
-        good.append(path)
-    return good
-
-
-def load_index(job_dir: Path) -> DoneIndex:
-    parts = healthy_parts(job_dir)
-    tables = (pq.ParquetFile(p).read(columns=INDEX_COLUMNS) for p in parts)
-    return DoneIndex.build(tables)
+def load_index(job_dir: JobDir, source: str) -> DoneIndex:
+    """The index of the job folder's healthy parts (damaged ones are set aside)."""
+    tables = (pq.ParquetFile(p).read(columns=INDEX_COLUMNS) for p in job_dir.healthy_parts())
+    return dataclasses.replace(DoneIndex.build(tables), source=source)
 
 
 def import_output(output: Path, job_dir: Path) -> int:
@@ -205,3 +182,20 @@ def import_output(output: Path, job_dir: Path) -> int:
         write_atomic(part, job_dir / f"part-{number:06d}.parquet")
         imported += part.num_rows
     return imported
+
+
+def earlier_results(job_dir: JobDir, *, fresh: bool) -> tuple[DoneIndex, bool]:
+    """What earlier runs of this OUT finished: its job folder, else OUT itself (imported into
+    a new job folder); nothing with `fresh` (the folder is removed). And whether it came
+    from OUT."""
+    if fresh:
+        job_dir.remove()
+        return DoneIndex.empty(), False
+    imported = False
+    if not job_dir.exists() and job_dir.output.exists():
+        with job_dir.staging() as staging:  # all of OUT, or nothing: a kill here loses nothing
+            imported = import_output(job_dir.output, staging) > 0
+    if not job_dir.exists():
+        return DoneIndex.empty(), False
+    source = job_dir.output if imported else job_dir.path
+    return load_index(job_dir, str(source)), imported

@@ -10,18 +10,16 @@ import pyarrow as pa
 import pytest
 
 from batcher.analysis.cost import (
-    CostGroup,
-    Price,
-    PriceTable,
     cost_csv,
+    cost_dict,
     cost_groups,
     cost_json,
     price_table,
     render_cost,
-    row_cost,
     with_costs,
 )
 from batcher.errors import UsageError
+from batcher.prices import Price, PriceTable, row_cost
 
 NO_ENV: dict[str, str] = {}
 
@@ -344,9 +342,23 @@ def groups_table():
 
 
 def group(key, requests, ok, errors, prompt, completion, total, cost, unpriced=0, models=()):
-    return CostGroup(
-        key, requests, ok, errors, prompt, completion, total, cost, unpriced, tuple(models)
-    )
+    """The `batcher cost --json` form of a group with these figures."""
+    return {
+        "key": key,
+        "requests": requests,
+        "ok": ok,
+        "errors": errors,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cost_usd": cost,
+        "unpriced_requests": unpriced,
+        "unpriced_models": list(models),
+    }
+
+
+def dicts(groups) -> list[dict]:
+    return [cost_dict(g) for g in groups]
 
 
 TOTAL = group({}, 6, 4, 2, 78, 39, 117, 0.875, 1, ["b"])
@@ -354,39 +366,40 @@ TOTAL = group({}, 6, 4, 2, 78, 39, 117, 0.875, 1, ["b"])
 
 def test_cost_groups_by_model():
     groups, total = cost_groups(groups_table())
-    assert groups == [
+    assert dicts(groups) == [
         group({"model": "a"}, 3, 2, 1, 30, 15, 45, 0.75),
         group({"model": "b"}, 3, 2, 1, 48, 24, 72, 0.125, 1, ["b"]),  # not_sent: an error
     ]
-    assert total == TOTAL
+    assert cost_dict(total) == TOTAL
 
 
 def test_cost_groups_by_two_columns_nulls_last():
     groups, total = cost_groups(groups_table(), by=["model", "param_temperature"])
-    assert groups == [
+    assert dicts(groups) == [
         group({"model": "a", "param_temperature": 0.5}, 2, 2, 0, 30, 15, 45, 0.75),
         group({"model": "a", "param_temperature": 1.0}, 1, 0, 1, 0, 0, 0, 0.0),
         group({"model": "b", "param_temperature": 0.5}, 1, 1, 0, 40, 20, 60, None, 1, ["b"]),
         group({"model": "b", "param_temperature": 1.0}, 1, 0, 1, 0, 0, 0, 0.0),
         group({"model": "b", "param_temperature": None}, 1, 1, 0, 8, 4, 12, 0.125),
     ]
-    assert total == TOTAL
+    assert cost_dict(total) == TOTAL
     groups, _ = cost_groups(groups_table(), by=["param_temperature"])
     assert [(g.key, g.requests, g.cost_usd, g.unpriced_models) for g in groups] == [
-        ({"param_temperature": 0.5}, 3, 0.75, ("b",)),
-        ({"param_temperature": 1.0}, 2, 0.0, ()),
-        ({"param_temperature": None}, 1, 0.125, ()),
+        ({"param_temperature": 0.5}, 3, 0.75, {"b"}),
+        ({"param_temperature": 1.0}, 2, 0.0, set()),
+        ({"param_temperature": None}, 1, 0.125, set()),
     ]
 
 
 def test_cost_groups_no_keys_empty_and_no_costs():
-    assert cost_groups(groups_table(), by=()) == ([], TOTAL)
+    groups, total = cost_groups(groups_table(), by=())
+    assert (groups, cost_dict(total)) == ([], TOTAL)
     groups, total = cost_groups(groups_table().slice(0, 0))
     assert groups == []
-    assert total == group({}, 0, 0, 0, 0, 0, 0, None)
+    assert cost_dict(total) == group({}, 0, 0, 0, 0, 0, 0, None)
     groups, total = cost_groups(groups_table().drop_columns(["cost_usd"]))
     assert [g.cost_usd for g in groups] == [None, None]
-    assert total == group({}, 6, 4, 2, 78, 39, 117, None, 6, ["a", "b"])
+    assert cost_dict(total) == group({}, 6, 4, 2, 78, 39, 117, None, 6, ["a", "b"])
 
 
 def test_cost_groups_unknown_column():
@@ -403,8 +416,8 @@ def test_priced_then_grouped():
     table = table.append_column("total_tokens", pa.array([0] * len(CASES), pa.int64()))
     groups, total = cost_groups(with_costs(table, PRICES))
     assert [g.key["model"] for g in groups] == ["cheap", "gpt-4o", "mystery", "openai/gpt-4o", None]
-    assert [g.unpriced_requests for g in groups] == [0, 0, 2, 0, 0]
-    assert total.unpriced_models == ("mystery",)
+    assert [g.unpriced for g in groups] == [0, 0, 2, 0, 0]
+    assert total.unpriced_models == {"mystery"}
 
 
 def test_render_cost():
@@ -446,7 +459,8 @@ def test_cost_csv():
         "b,,1,1,0,8,4,12,0.125,0\n"
         "total,,6,4,2,78,39,117,0.875,1\n"
     )
-    assert cost_csv([], TOTAL, ()) == (
+    _, total = cost_groups(groups_table(), by=())
+    assert cost_csv([], total, ()) == (
         "requests,ok,errors,prompt_tokens,completion_tokens,total_tokens,cost_usd,"
         "unpriced_requests\n6,4,2,78,39,117,0.875,1\n"
     )

@@ -7,10 +7,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from batcher.analysis.cost import Price, PriceTable
 from batcher.analysis.estimate import Estimate, ModelEstimate, estimate, render_estimate
 from batcher.errors import UsageError
-from batcher.io.rows import InputScan, ModelCount
+from batcher.io.check import InputScan, ModelCount
+from batcher.prices import Price, PriceTable
 
 PRICES = PriceTable({"gpt-4o": Price(2.5, 10.0, cached_input_per_million=1.25)})
 

@@ -11,14 +11,14 @@ from html.parser import HTMLParser
 import pyarrow as pa
 import pytest
 
+from batcher.analysis.html import render_html
 from batcher.analysis.report import (
     LATENCY_SAMPLE,
-    GroupReport,
     Report,
     build_report,
     group_label,
-    render_html,
     render_report,
+    report_dict,
 )
 from batcher.errors import UsageError
 
@@ -92,29 +92,30 @@ def test_default_groups_by_model_and_every_param_column():
         "m2, temperature=0.0",
     ]
     a, b, c = r.groups
-    assert a == GroupReport(
-        key={"model": "m1", "param_temperature": 0.0},
-        requests=5,
-        ok=4,
-        errors=1,
-        errors_by_type={"timeout": 1},
-        prompt_tokens=67,
-        completion_tokens=18,
-        cost_usd=0.75,
-        latency_p50=2.0,  # rows 1-3: the error row and the cached row have no latency here
-        latency_p95=pytest.approx(2.9, rel=1e-12),
-        accuracy=0.5,  # right: 1 (stripped, case), 5 (cached); wrong: 2, 4 (error); 3 skipped
-        accuracy_n=4,
-    )
+    assert report_dict(a) == {
+        "key": {"model": "m1", "param_temperature": 0.0},
+        "label": "m1, temperature=0.0",
+        "requests": 5,
+        "ok": 4,
+        "errors": 1,
+        "errors_by_type": {"timeout": 1},
+        "prompt_tokens": 67,
+        "completion_tokens": 18,
+        "cost_usd": 0.75,
+        "latency_p50": 2.0,  # rows 1-3: the error row and the cached row have no latency here
+        "latency_p95": pytest.approx(2.9, rel=1e-12),
+        "accuracy": 0.5,  # right: 1 (stripped, case), 5 (cached); wrong: 2, 4 (error); 3 skipped
+        "accuracy_n": 4,
+    }
     assert (b.requests, b.ok, b.errors) == (3, 1, 2)
     assert b.errors_by_type == {"rate_limited": 1, "unknown": 1}
     assert (b.prompt_tokens, b.completion_tokens, b.cost_usd) == (10, 2, 0.125)
     assert (b.latency_p50, b.latency_p95) == (5.0, 5.0)  # the error row's 0.5 s left out
-    assert (b.accuracy, b.accuracy_n) == (1 / 3, 3)
+    assert (b.accuracy, b.scored) == (1 / 3, 3)
     assert (c.requests, c.ok, c.errors, c.errors_by_type) == (2, 2, 0, {})
     assert c.cost_usd is None  # no row's cost known
     assert (c.latency_p50, c.latency_p95) == (0.5, pytest.approx(0.725, rel=1e-12))
-    assert (c.accuracy, c.accuracy_n) == (0.0, 1)  # an empty reference is no reference
+    assert (c.accuracy, c.scored) == (0.0, 1)  # an empty reference is no reference
 
 
 def test_total_sums_every_row():
@@ -124,7 +125,7 @@ def test_total_sums_every_row():
     assert t.errors_by_type == {"rate_limited": 1, "timeout": 1, "unknown": 1}
     assert (t.prompt_tokens, t.completion_tokens, t.cost_usd) == (87, 22, 0.875)
     assert (t.latency_p50, t.latency_p95) == (1.5, pytest.approx(4.5, rel=1e-12))
-    assert (t.accuracy, t.accuracy_n) == (3 / 8, 8)
+    assert (t.accuracy, t.scored) == (3 / 8, 8)
 
 
 def test_errors_by_type_most_frequent_first():
@@ -153,7 +154,7 @@ def test_default_by_is_model_alone_without_param_columns():
     r = build_report(make_table(drop={"param_temperature"}), source="x")
     assert r.by == ("model",)
     assert r.reference is None and r.answer is None
-    assert all(g.accuracy is None and g.accuracy_n == 0 for g in [*r.groups, r.total])
+    assert all(g.accuracy is None and g.scored == 0 for g in [*r.groups, r.total])
 
 
 def test_dictionary_encoded_keys_group_like_strings():
@@ -161,7 +162,7 @@ def test_dictionary_encoded_keys_group_like_strings():
     table = table.set_column(1, "model", table["model"].dictionary_encode())
     r = build_report(table, source="x", by=["model"], reference="expected_sentiment")
     assert [g.key for g in r.groups] == [{"model": "m1"}, {"model": "m2"}]
-    assert [g.accuracy_n for g in r.groups] == [7, 1]
+    assert [g.scored for g in r.groups] == [7, 1]
 
 
 def test_answer_defaults_to_content_without_a_bare_column():
@@ -169,7 +170,7 @@ def test_answer_defaults_to_content_without_a_bare_column():
     r = build_report(table, source="x", by=["model"], reference="expected_sentiment")
     assert r.answer == "content"
     # m2 row 1: content "POSITIVE" equals "positive" when case is ignored
-    assert [(g.accuracy, g.accuracy_n) for g in r.groups] == [(0.0, 7), (1.0, 1)]
+    assert [(g.accuracy, g.scored) for g in r.groups] == [(0.0, 7), (1.0, 1)]
     table = make_table().rename_columns(
         ["label" if n == "expected_sentiment" else n for n in NAMES]
     )
@@ -186,7 +187,7 @@ def test_explicit_answer_column_and_non_string_columns():
         }
     )
     r = build_report(table, source="x", reference="expected", answer="guess")
-    assert (r.answer, r.total.accuracy, r.total.accuracy_n) == ("guess", 2 / 3, 3)
+    assert (r.answer, r.total.accuracy, r.total.scored) == ("guess", 2 / 3, 3)
     # optional columns missing: zero tokens, unknown cost, no latency, no errors
     t = r.total
     assert (t.prompt_tokens, t.completion_tokens, t.cost_usd, t.latency_p50) == (0, 0, None, None)

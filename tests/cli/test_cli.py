@@ -439,7 +439,7 @@ def test_the_command_never_imports_pandas(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"p{i}"} for i in range(30)])
     out = tmp_path / "out.parquet"
     report = "import atexit, sys; atexit.register(lambda: print('pandas' in sys.modules))"
-    entry = f"{report}; from batcher.cli.run import entry; entry()"
+    entry = f"{report}; from batcher.cli import entry; entry()"
     cmd = [sys.executable, "-c", entry, "run", str(inp), "-o", str(out), "--provider", "mock"]
     done = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

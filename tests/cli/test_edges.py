@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from conftest import Job, durable_count, prompts, request, wait_for, write_jsonl
 
 from batcher.engine.engine import Engine, EngineSettings
-from batcher.engine.http import unix_seconds
-from batcher.mock.server import MockServer
+from batcher.engine.replies import unix_seconds
+from batcher.mock import MockServer
 from batcher.providers import Endpoint
 
 
@@ -30,7 +30,7 @@ def test_a_slow_consumer_never_hangs_the_end():
 
 def test_cancelling_a_full_engine_returns_at_once():
     async def main():
-        from batcher.mock.server import MockConfig
+        from batcher.mock import MockConfig
 
         async with MockServer(MockConfig(latency=30)) as server:
             engine = Engine(Endpoint(server.url, "bearer", None), EngineSettings(concurrency=4))

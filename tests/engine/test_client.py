@@ -8,13 +8,8 @@ import aiohttp
 import orjson
 import pytest
 
-from batcher.engine.http import (
-    PERMANENT_ERRORS,
-    map_exception,
-    parse_reply,
-    retry_after,
-    status_error,
-)
+from batcher.engine.http import PERMANENT_ERRORS, map_exception
+from batcher.engine.replies import parse_reply, retry_after, status_error
 from batcher.errors import AttemptError, FatalError, RetryableError
 
 

@@ -10,17 +10,19 @@ from conftest import request
 
 from batcher.engine.engine import Engine, EngineSettings, ModelLimits
 from batcher.engine.retry import RetryPolicy
-from batcher.mock.server import MockConfig, MockServer
+from batcher.mock import MockConfig, MockServer
 from batcher.providers import Endpoint
 
 FAST_RETRY = RetryPolicy(max_retries=4, initial_wait=0.01, max_wait=2.0)
 
 
 async def collect(server: MockServer, requests, key: str | None = None, **settings):
+    """Run the requests to the end; the run (its counters) and its results in row order."""
     settings.setdefault("retry", FAST_RETRY)
     engine = Engine(Endpoint(server.url, "bearer", key), EngineSettings(**settings))
-    results = [r async for r in engine.run(requests)]
-    return engine, sorted(results, key=lambda r: r.row_index)
+    run = engine.start(requests)
+    results = [r async for batch in run for r in batch]
+    return run, sorted(results, key=lambda r: r.row_index)
 
 
 def run(coro):
@@ -258,21 +260,48 @@ def test_concurrency_429_lowers_in_flight():
     assert all(r.ok for r in results)
     rejected = statuses.count(429)
     assert rejected < 120  # the cap came down instead of hammering
-    assert engine._cap.limit < 24
+    assert engine.concurrency < 24
 
 
 def test_stop_leaves_the_rest_unsent():
     async def main():
         async with MockServer(MockConfig(latency=0.05)) as server:
             engine = Engine(Endpoint(server.url, "bearer", None), EngineSettings(concurrency=4))
+            run = engine.start([request(i) for i in range(100)])
             got = []
-            async for result in engine.run([request(i) for i in range(100)]):
-                got.append(result)
-                if len(got) == 10:
-                    engine.stop("test")
+            async for batch in run:
+                got += batch
+                if len(got) >= 10:
+                    run.stop("test")
             return got, len(server.log)
 
     got, seen = run(main())
     # what was already finished (a batch of up to 4) and what was in flight (4) still ends
     assert 10 <= len(got) <= 18
     assert seen == len(got)
+
+
+def test_two_runs_on_one_engine_share_nothing_but_the_settings():
+    async def main():
+        async with MockServer(MockConfig(latency=0.02)) as server:
+            engine = Engine(Endpoint(server.url, "bearer", None), EngineSettings(concurrency=3))
+            first = engine.start([request(i) for i in range(30)])
+            second = engine.start([request(i, model="mock-2") for i in range(100, 120)])
+
+            async def drain(run, stop_after=None):
+                got = []
+                async for batch in run:
+                    got += batch
+                    if stop_after is not None and len(got) >= stop_after:
+                        run.stop("enough")
+                return got
+
+            a, b = await asyncio.gather(drain(first), drain(second, stop_after=5))
+            return first, second, a, b
+
+    first, second, a, b = run(main())
+    assert sorted(r.row_index for r in a) == list(range(30))  # the other run's stop: not here
+    assert first.stop_reason is None and first.sent == 30
+    assert second.stop_reason == "enough" and 5 <= len(b) < 20
+    assert second.sent == len(b)
+    assert {r.model for r in a} == {"mock-1"} and {r.model for r in b} == {"mock-2"}

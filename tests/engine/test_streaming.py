@@ -1,4 +1,5 @@
-"""Tests of SSE streaming: the mock server's streamed replies and `batcher.engine.streaming`."""
+"""SSE streaming: the mock server's streamed replies, read through `Client.post` (the HTTP
+boundary) and assembled by `batcher.engine.replies.StreamReply`."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batcher.engine.http import parse_reply
-from batcher.engine.streaming import Streamed, read_stream
+from batcher.engine.http import Attempt, Client
+from batcher.engine.replies import parse_reply
 from batcher.errors import AttemptError, FatalError, RetryableError
-from batcher.mock.server import MockConfig, MockServer
+from batcher.mock import MockConfig, MockServer
+from batcher.providers import Endpoint
 from batcher.types import Reply, Usage
 
 USAGE = {"stream_options": {"include_usage": True}}
@@ -36,20 +38,30 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "mock-1", "messages": [{"role": "user", "content": text}], **extra}
 
 
+async def post(
+    base_url: str, session: aiohttp.ClientSession, data: bytes, max_bytes: int = MiB
+) -> Attempt:
+    """POST `data` through the client; the attempt, its error raised."""
+    client = Client(session, Endpoint(base_url, "bearer", None), max_body_bytes=max_bytes)
+    attempt = await client.post(data)
+    if attempt.error is not None:
+        raise attempt.error
+    assert attempt.http_status == 200
+    return attempt
+
+
 async def stream(
     server: MockServer, session: aiohttp.ClientSession, body: dict, max_bytes: int = MiB
-) -> tuple[Streamed, float]:
-    """POST a streamed `body`; the read stream and the total time."""
+) -> tuple[Attempt, float]:
+    """POST a streamed `body`; the attempt (reply, ttft) and the total time."""
     started = time.perf_counter()
-    async with session.post(server.url + "/chat/completions", json=body) as resp:
-        assert resp.status == 200 and resp.content_type == "text/event-stream"
-        streamed = await read_stream(resp, started, max_bytes=max_bytes)
-    return streamed, time.perf_counter() - started
+    attempt = await post(server.url, session, orjson.dumps(body), max_bytes)
+    return attempt, time.perf_counter() - started
 
 
 async def plain_and_streamed(
     body: dict, config: MockConfig | None = None, extra: dict | None = None
-) -> tuple[Reply, Streamed, float]:
+) -> tuple[Reply, Attempt, float]:
     """The non-streamed reply to `body` and the streamed one (with `extra` keys)."""
     async with MockServer(config or MockConfig()) as server, aiohttp.ClientSession() as session:
         async with session.post(server.url + "/chat/completions", json=body) as resp:
@@ -263,7 +275,7 @@ def test_a_stream_beyond_max_bytes_is_fatal() -> None:
 # ------------------------------------------------------------ hand-written SSE servers
 
 
-async def read_raw(pieces: list[bytes], max_bytes: int = MiB) -> Streamed:
+async def read_raw(pieces: list[bytes], max_bytes: int = MiB) -> Attempt:
     """Serve `pieces` (written one by one) as an event stream and read it."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -275,16 +287,14 @@ async def read_raw(pieces: list[bytes], max_bytes: int = MiB) -> Streamed:
         return response
 
     app = web.Application()
-    app.router.add_post("/", handle)
+    app.router.add_post("/chat/completions", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:
-            started = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{port}/", data=b"{}") as resp:
-                return await read_stream(resp, started, max_bytes=max_bytes)
+            return await post(f"http://127.0.0.1:{port}", session, b"{}", max_bytes)
     finally:
         await runner.cleanup()
 

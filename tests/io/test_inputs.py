@@ -21,7 +21,7 @@ from batcher.io.inputs import (
     compact_json,
     input_schema,
     read_batches,
-    to_arrow,
+    rows_table,
 )
 
 
@@ -301,7 +301,7 @@ def test_parquet_round_trip(tmp_path):
     assert batches[1].kind == "parquet"
     schema = input_schema(path)
     assert schema.equals(table.schema)
-    joined = pa.concat_tables([to_arrow(b, schema) for b in batches])
+    joined = pa.concat_tables([rows_table(b, schema) for b in batches])
     assert joined.equals(table)
 
 
@@ -309,7 +309,7 @@ def test_parquet_limit(tmp_path):
     path = write(tmp_path, "in.parquet", parquet_bytes(pa.table({"i": list(range(10))})))
     batches = list(read_batches(path, limit=5, batch_rows=3))
     assert [b.lines for b in batches] == [[1, 2, 3], [4, 5]]
-    assert to_arrow(batches[1], input_schema(path)).column("i").to_pylist() == [3, 4]
+    assert rows_table(batches[1], input_schema(path)).column("i").to_pylist() == [3, 4]
 
 
 def test_corrupt_parquet(tmp_path):
@@ -328,7 +328,7 @@ def test_parquet_duplicate_column_names(tmp_path):
     assert error_of(path) == f"{path}: duplicate column name 'a'"
 
 
-# -- schema inference and to_arrow -------------------------------------------------------
+# -- schema inference and rows_table -------------------------------------------------------
 
 
 def test_schema_inference_and_to_arrow(tmp_path):
@@ -353,7 +353,7 @@ def test_schema_inference_and_to_arrow(tmp_path):
         ]
     )
     (batch,) = read_batches(path)
-    table = to_arrow(batch, schema)
+    table = rows_table(batch, schema)
     assert table.schema == schema
     assert table.to_pylist() == [
         {
@@ -397,13 +397,13 @@ def test_bool_is_not_int(tmp_path):
     path = write(tmp_path, "in.jsonl", '{"v": 1}\n{"v": true}\n')
     schema = input_schema(path)
     assert schema == pa.schema([("v", pa.string())])
-    assert to_arrow(next(read_batches(path)), schema).column("v").to_pylist() == ["1", "true"]
+    assert rows_table(next(read_batches(path)), schema).column("v").to_pylist() == ["1", "true"]
 
 
 def test_schema_is_the_same_for_every_batch(tmp_path):
     path = write(tmp_path, "in.jsonl", '{"v": 1}\n{"v": null}\n{"v": 2.5}\n')
     schema = input_schema(path)
-    tables = [to_arrow(b, schema) for b in read_batches(path, batch_rows=1)]
+    tables = [rows_table(b, schema) for b in read_batches(path, batch_rows=1)]
     assert [t.schema for t in tables] == [schema] * 3
     assert pa.concat_tables(tables).column("v").to_pylist() == [1.0, None, 2.5]
 
@@ -412,7 +412,7 @@ def test_csv_schema_is_all_strings(tmp_path):
     path = write(tmp_path, "in.csv", "id,n,flag\n1,2,true\n2\n")
     schema = input_schema(path)
     assert schema == pa.schema([("id", pa.string()), ("n", pa.string()), ("flag", pa.string())])
-    assert to_arrow(next(read_batches(path)), schema).to_pylist() == [
+    assert rows_table(next(read_batches(path)), schema).to_pylist() == [
         {"id": "1", "n": "2", "flag": "true"},
         {"id": "2", "n": None, "flag": None},
     ]
@@ -488,7 +488,7 @@ def test_any_bytes_read_fine_or_raise_input_error(ext, content, data):
                 for batch in read_batches(path, errors=errors, batch_rows=3):
                     assert len(batch.rows) == len(batch.lines)
                     assert all("\n" not in m for m in batch.bad.values())
-                    to_arrow(batch, SchemaBuilder().schema())
+                    rows_table(batch, SchemaBuilder().schema())
             except InputError as exc:
                 assert "\n" not in str(exc)
                 assert str(exc).startswith(str(path))

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Job, durable_count, prompts, wait_for, write_jsonl
 
-from batcher.io.assemble import part_files
+from batcher.io.jobdir import JobDir
 
 
 def sent_keys(api) -> Counter:
@@ -142,7 +142,7 @@ def test_truncated_part_is_sent_again(make_api, tmp_path):
     ]
     assert Job(args, tmp_path).wait(timeout=60) == 0
     out.unlink()
-    parts = part_files(Path(f"{out}.batcher"))
+    parts = JobDir(Path(out)).parts()
     assert len(parts) == 3
     damaged_rows = pq.read_metadata(parts[1]).num_rows
     parts[1].write_bytes(parts[1].read_bytes()[:200])

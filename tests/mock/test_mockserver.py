@@ -20,7 +20,7 @@ import jsonschema
 import orjson
 import pytest
 
-from batcher.mock.server import (
+from batcher.mock import (
     FAULT_KINDS,
     MODELS,
     LoggedRequest,
@@ -985,7 +985,7 @@ def test_mock_server_thread_reports_a_busy_port() -> None:
 
 def test_serve_runs_until_sigterm() -> None:
     code = (
-        "from batcher.mock.server import MockConfig, serve\n"
+        "from batcher.mock import MockConfig, serve\n"
         "serve(MockConfig(), '127.0.0.1', 0, ready=lambda url: print(url, flush=True))\n"
     )
     proc = subprocess.Popen(

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from reliability_support import rows, run_batcher, write_jsonl
 
-import batcher.mock.server
+import batcher.mock.limits
 
 WINDOW = 3.0  # seconds: the mock's rpm window in these tests
 PER_WINDOW = 60  # the mock's limit per window: 60 per 3 s = 1,200 a minute
@@ -30,7 +30,7 @@ N = 120  # two windows' worth
 
 @pytest.fixture
 def limited_api(make_api, monkeypatch):
-    monkeypatch.setattr(batcher.mock.server, "_WINDOW", WINDOW)
+    monkeypatch.setattr(batcher.mock.limits, "_WINDOW", WINDOW)
     return make_api(rpm=PER_WINDOW)
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from reliability_support import Batcher, clean_env, rows, run_batcher, wait_for, write_jsonl
 
-from batcher.io.assemble import part_files
+from batcher.io.jobdir import JobDir
 
 N, IN_FLIGHT, LATENCY = 3000, 1000, 3.0
 # asyncio's debug mode reports callbacks slower than 0.1 s; that is timing, not a leak
@@ -38,7 +38,7 @@ NEVER = (
 
 
 def durable_count(job_dir: Path) -> int:
-    return sum(pq.read_metadata(part).num_rows for part in part_files(job_dir))
+    return sum(pq.read_metadata(part).num_rows for part in JobDir.of(job_dir).parts())
 
 
 @pytest.fixture

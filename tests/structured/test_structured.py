@@ -14,19 +14,9 @@ from hypothesis import strategies as st
 from jsonschema.validators import Draft202012Validator
 
 from batcher.errors import InputError
-from batcher.structured.validate import (
-    JSON_OBJECT,
-    JSON_TEXT,
-    LENGTH_PROBLEM,
-    Check,
-    ReplyValidator,
-    arrow_fields,
-    extract_json,
-    load_schema,
-    parsed_json,
-    response_format,
-    typed_columns,
-)
+from batcher.structured.columns import JSON_TEXT, arrow_fields, parsed_json, typed_columns
+from batcher.structured.schema import JSON_OBJECT, load_schema, response_format
+from batcher.structured.validate import LENGTH_PROBLEM, Check, ReplyValidator, extract_json
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEW_SCHEMA = ROOT / "sample_data" / "schemas" / "review_label.json"

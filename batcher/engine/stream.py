@@ -1,22 +1,21 @@
-"""Read a Server-Sent-Events chat-completions stream into the `Reply` a plain request gives.
+"""A streamed reply (Server-Sent Events) into the `Reply` a plain request gives.
 
 Handles OpenAI `chat.completion.chunk` deltas (content, reasoning, refusal, tool calls, a
 usage chunk from `stream_options.include_usage`) and Octen's typed chunks (`search_done`,
-`content`, `finish`, `usage`). The stream must end with `data: [DONE]`.
+`content`, `finish`, `usage`). The stream must end with `data: [DONE]`. Pure: the HTTP
+boundary feeds it the bytes as they arrive.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from batcher.engine.http import (
+from batcher.engine.replies import (
     json_or_none,
     status_error,
     str_or_none,
@@ -28,8 +27,6 @@ from batcher.engine.http import (
 from batcher.errors import FatalError, RetryableError
 from batcher.types import ErrorType, Reply, Usage
 
-__all__ = ["Streamed", "read_stream"]
-
 
 @dataclass(frozen=True, slots=True)
 class Streamed:
@@ -40,12 +37,22 @@ class Streamed:
     ttft_s: float | None
 
 
-class _Assembly:
-    """The reply being put together from the chunks, in arrival order."""
+class StreamReply:
+    """A streamed reply put together from the bytes of its Server-Sent Events, in arrival
+    order (`started`: perf_counter at the request's start). `feed` each piece read; it
+    returns True once `[DONE]` came, then `result()` gives the reply.
 
-    def __init__(self, started: float, headers: Mapping[str, str]) -> None:
+    Raises `RetryableError` for an unparseable chunk, one without choices or a stream cut
+    before `[DONE]` (`result()` before it), `FatalError` beyond `max_bytes`, and the error an
+    in-stream `error` chunk stands for."""
+
+    def __init__(self, started: float, headers: Mapping[str, str], *, max_bytes: int) -> None:
         self.started = started
         self.headers = headers
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._pending: list[bytes] = []  # the start of a line split across reads
+        self._data: list[bytes] = []  # the `data:` lines of the current event
         self.ttft: float | None = None
         self.content: list[str] = []
         self.saw_content = False  # a string content delta, even ""
@@ -61,6 +68,54 @@ class _Assembly:
         self.warning: Any = None
         self.saw_choices = False
         self.done = False
+
+    def feed(self, piece: bytes) -> bool:
+        """Take the next bytes of the stream; True once the stream has ended."""
+        self.size += len(piece)
+        if self.size > self.max_bytes:
+            raise FatalError(
+                ErrorType.RESPONSE_TOO_LARGE,
+                f"stream larger than {self.max_bytes} bytes",
+                http_status=200,
+            )
+        pending = self._pending
+        start = 0
+        while not self.done:
+            end = piece.find(b"\n", start)
+            if end < 0:
+                if start < len(piece):
+                    pending.append(piece[start:])
+                break
+            if pending:
+                pending.append(piece[start:end])
+                self._line(b"".join(pending))
+                pending.clear()
+            else:
+                self._line(piece[start:end])
+            start = end + 1
+        return self.done
+
+    def result(self) -> Streamed:
+        """The reply; a stream cut before `[DONE]` is a RetryableError."""
+        if not self.done:
+            raise RetryableError(
+                ErrorType.CONNECTION_ERROR, "stream cut before [DONE]", http_status=200
+            )
+        return Streamed(self.reply(), self.ttft)
+
+    def _line(self, raw: bytes) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw:  # a blank line ends the event
+            if self._data:
+                self.event(b"\n".join(self._data))
+                self._data.clear()
+            return
+        if raw.startswith(b":"):  # a comment (keep-alive)
+            return
+        name, _, value = raw.partition(b":")
+        if name == b"data":
+            self._data.append(value[1:] if value.startswith(b" ") else value)
 
     def event(self, data: bytes) -> None:
         """One event's data: `[DONE]` or a JSON chunk."""
@@ -188,67 +243,3 @@ class _Assembly:
             search_results=json_or_none(self.search),
             warning=warning_of(self.warning),
         )
-
-
-async def read_stream(resp: aiohttp.ClientResponse, started: float, *, max_bytes: int) -> Streamed:
-    """Read an SSE chat-completions stream (`started`: perf_counter at the request's start).
-
-    Raises `RetryableError` for a stream cut before `[DONE]`, an unparseable chunk or one
-    without choices, `FatalError` beyond `max_bytes`, and the error an in-stream `error`
-    chunk stands for. Timeouts and other aiohttp errors propagate to the caller.
-    """
-    acc = _Assembly(started, resp.headers)
-    pending: list[bytes] = []  # the start of a line split across reads
-    data: list[bytes] = []  # the `data:` lines of the current event
-    size = 0
-
-    def line(raw: bytes) -> None:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if not raw:  # a blank line ends the event
-            if data:
-                acc.event(b"\n".join(data))
-                data.clear()
-            return
-        if raw.startswith(b":"):  # a comment (keep-alive)
-            return
-        name, _, value = raw.partition(b":")
-        if name == b"data":
-            data.append(value[1:] if value.startswith(b" ") else value)
-
-    try:
-        async for piece in resp.content.iter_any():
-            size += len(piece)
-            if size > max_bytes:
-                raise FatalError(
-                    ErrorType.RESPONSE_TOO_LARGE,
-                    f"stream larger than {max_bytes} bytes",
-                    http_status=200,
-                )
-            start = 0
-            while not acc.done:
-                end = piece.find(b"\n", start)
-                if end < 0:
-                    if start < len(piece):
-                        pending.append(piece[start:])
-                    break
-                if pending:
-                    pending.append(piece[start:end])
-                    line(b"".join(pending))
-                    pending.clear()
-                else:
-                    line(piece[start:end])
-                start = end + 1
-            if acc.done:
-                break
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        if isinstance(exc, asyncio.TimeoutError):  # ServerTimeoutError: the caller's timeout
-            raise
-        raise RetryableError(
-            ErrorType.CONNECTION_ERROR, "stream cut before [DONE]", http_status=200
-        ) from None
-    if not acc.done:
-        raise RetryableError(
-            ErrorType.CONNECTION_ERROR, "stream cut before [DONE]", http_status=200
-        )
-    return Streamed(acc.reply(), acc.ttft)

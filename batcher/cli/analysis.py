@@ -1,0 +1,194 @@
+"""The commands that send nothing: `estimate` before a job, `cost`, `report` and `status`
+of an output or a running job's folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batcher.cli.options import CliError, job_options, spec_options
+from batcher.errors import BatcherError
+
+
+@click.command(context_settings={"auto_envvar_prefix": "BATCHER"})
+@job_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option(
+    "--seconds-per-request",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Typical reply time, for the duration under --concurrency.",
+)
+@click.option(
+    "--typical-reply-tokens",
+    type=int,
+    default=150,
+    show_default=True,
+    help="Completion tokens of a typical reply, for the low cost.",
+)
+@click.pass_context
+def estimate(
+    ctx: click.Context,
+    as_json: bool,
+    seconds_per_request: float,
+    typical_reply_tokens: int,
+    **opts: Any,
+) -> None:
+    """Read INPUT exactly as `run` would and estimate requests, tokens, cost and duration.
+
+    Sends nothing and needs no key."""
+    from batcher.analysis.estimate import estimate as make_estimate
+    from batcher.analysis.estimate import render_estimate
+    from batcher.analysis.tokens import ENCODING, TokenCounter
+    from batcher.job import Job
+    from batcher.spec import make_spec
+
+    try:
+        spec = make_spec(**spec_options(ctx, opts))
+        job = Job(spec, need_key=False)
+        counter = TokenCounter.offline()
+        found = job.check(counter)
+        if counter is not None:
+            found = counter.recount(found)
+        counted = f"tiktoken {ENCODING}" if counter is not None else "characters / 4"
+        figures = make_estimate(
+            found,
+            job.prices,
+            concurrency=spec.concurrency,
+            rpm=spec.rpm,
+            tpm=spec.tpm,
+            model_limits=spec.model_limits,
+            seconds_per_request=seconds_per_request,
+            typical_reply_tokens=typical_reply_tokens,
+        )
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**figures.to_dict(), "prompt_tokens_counted_by": counted}))
+    else:
+        for line in render_estimate(figures):
+            click.echo(line)
+        click.echo(f"(prompt tokens counted by {counted})")
+
+
+estimate.params = [p for p in estimate.params if p.name != "json_mode"]
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-price the rows with this price table [env: BATCHER_PRICES].",
+)
+@click.option("--by", default="model", show_default=True, help="Group by these columns: a,b.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) -> None:
+    """Requests, tokens and cost per group of a finished OUT or a running job's directory.
+
+    The server's cost wins where it sent one; other rows are priced from tokens."""
+    from batcher.analysis.cost import cost_csv, cost_groups, cost_json, render_cost, with_costs
+    from batcher.io.jobdir import read_results
+    from batcher.prices import PriceTable
+
+    columns = tuple(c.strip() for c in by.split(",") if c.strip())
+    try:
+        table = with_costs(read_results(path), PriceTable.load(prices))
+        groups, total = cost_groups(table, columns)
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(cost_json(groups, total, columns)))
+    elif as_csv:
+        click.echo(cost_csv(groups, total, columns), nl=False)
+    else:
+        for line in render_cost(groups, total, columns):
+            click.echo(line)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--by", help="Group by these columns: a,b [default: model and param_* columns].")
+@click.option(
+    "--reference-column", metavar="COL", help="The expected answer: adds accuracy per group."
+)
+@click.option(
+    "--answer-column",
+    metavar="COL",
+    help="Compared with the reference [default: the column named like it without "
+    "'expected_', else content].",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-price the rows with this price table [env: BATCHER_PRICES].",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page with charts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def report(
+    path: Path,
+    by: str | None,
+    reference_column: str | None,
+    answer_column: str | None,
+    prices: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Per model and parameter combination: ok and errors, tokens, cost, latency p50/p95,
+    and accuracy against a reference column."""
+    from batcher.analysis.cost import with_costs
+    from batcher.analysis.html import render_html
+    from batcher.analysis.report import build_report, render_report
+    from batcher.io.jobdir import read_results
+    from batcher.prices import PriceTable
+
+    columns = None if by is None else tuple(c.strip() for c in by.split(",") if c.strip())
+    try:
+        table = with_costs(read_results(path), PriceTable.load(prices))
+        found = build_report(
+            table, source=str(path), by=columns, reference=reference_column, answer=answer_column
+        )
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if html_path is not None:
+        try:
+            html_path.write_text(render_html(found), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"--html {html_path}: {exc.strerror}") from None
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), default=str))
+    else:
+        for line in render_report(found):
+            click.echo(line)
+        if html_path is not None:
+            click.echo(f"wrote {html_path}", err=True)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def status(path: Path, as_json: bool) -> None:
+    """How far the job writing PATH (OUT.parquet or its OUT.parquet.batcher/) has got.
+
+    Works while the job runs in another terminal, after it stopped, and on a finished OUT."""
+    from batcher.analysis.status import job_status, render
+
+    try:
+        found = job_status(path)
+    except BatcherError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+    else:
+        for line in render(found):
+            click.echo(line)

@@ -1,0 +1,68 @@
+"""`batcher mock-server`: the built-in OpenAI-compatible mock API, in the foreground."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from batcher.cli.options import CliError
+
+
+@click.command("mock-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per reply.")
+@click.option(
+    "--jitter", type=float, default=0.0, show_default=True, help="Extra random 0..S seconds."
+)
+@click.option(
+    "--fail-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of attempts failing with an injected fault.",
+)
+@click.option(
+    "--faults",
+    default="429,500,502,503,drop",
+    show_default=True,
+    help="Fault kinds drawn by --fail-rate.",
+)
+@click.option("--rpm", type=int, help="Answer 429 beyond N requests a minute.")
+@click.option("--max-concurrency", type=int, help="Answer 429 beyond N requests in progress.")
+@click.option("--api-key-env", metavar="NAME", help="Require the key held in $NAME.")
+@click.option(
+    "--error-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
+)
+@click.option(
+    "--usage-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
+)
+@click.option("--ratelimit-headers", is_flag=True, help="Send x-ratelimit-* headers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per request received.",
+)
+def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **opts: Any) -> None:
+    """Run the built-in OpenAI-compatible mock API (no key, no network)."""
+    import os
+
+    from batcher.mock import MockConfig, serve
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise CliError(f"--api-key-env: ${api_key_env} is not set")
+    kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
+    try:
+        config = MockConfig(api_key=api_key, faults=kinds, **opts)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        serve(config, host, port, ready=lambda url: click.echo(f"Mock API listening on {url}"))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,286 @@
+"""Provider JSON into our values: replies, usage and error bodies.
+
+Pure functions, no I/O: `parse_reply` turns a status, headers and body into a `Reply` or
+raises the `AttemptError` they stand for (`batcher.engine.stream` does the same for a
+streamed reply). Raw provider JSON is read here and there only; the HTTP boundary
+(`batcher.engine.http`) hands them bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+from batcher.errors import AttemptError, FatalError, RetryableError
+from batcher.types import JOB_FATAL, ErrorType, Reply, Usage
+
+MAX_MESSAGE = 500  # characters of a server's error message kept in error_message
+
+
+MAX_COUNT = 2**53  # token counts beyond this are nonsense (and would overflow int64 sums)
+
+
+RETRYABLE_STATUS = {
+    408: ErrorType.TIMEOUT,
+    409: ErrorType.SERVER_ERROR,
+    429: ErrorType.RATE_LIMITED,
+    500: ErrorType.SERVER_ERROR,
+    502: ErrorType.SERVER_ERROR,
+    503: ErrorType.SERVER_ERROR,
+    504: ErrorType.SERVER_ERROR,
+    529: ErrorType.SERVER_ERROR,
+}
+
+
+FATAL_STATUS = {
+    400: ErrorType.BAD_REQUEST,
+    401: ErrorType.AUTH_ERROR,
+    403: ErrorType.PERMISSION_DENIED,
+    404: ErrorType.NOT_FOUND,
+    413: ErrorType.BAD_REQUEST,
+    422: ErrorType.BAD_REQUEST,
+}
+
+
+QUOTA_WORDS = (
+    "insufficient_quota",
+    "quota",
+    "balance",
+    "billing",
+    "credit",
+    "spend limit",
+    "spending limit",
+    "payment",
+)
+
+
+def too_large(cap: int) -> AttemptError:
+    return FatalError(ErrorType.RESPONSE_TOO_LARGE, f"reply larger than {cap // 2**20} MiB")
+
+
+def parse_reply(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
+    """A `Reply` from a 200, else raise the `AttemptError` the status and body call for."""
+    if status != 200:
+        raise status_error(status, headers, body)
+    if not body:
+        raise RetryableError(ErrorType.BAD_RESPONSE, "empty reply body", http_status=status)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RetryableError(
+            ErrorType.BAD_RESPONSE, f"reply is not valid JSON: {exc.msg}", http_status=status
+        ) from None
+    if not isinstance(data, dict) or "choices" not in data:
+        if error_payload(data) is not None:  # some gateways answer 200 with an error body
+            raise status_error(status, headers, body, data)
+        raise RetryableError(ErrorType.BAD_RESPONSE, "reply has no 'choices'", http_status=status)
+    return completion(data, status)
+
+
+def completion(data: dict[str, Any], status: int) -> Reply:
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise RetryableError(ErrorType.BAD_RESPONSE, "reply has no choices", http_status=status)
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise RetryableError(ErrorType.BAD_RESPONSE, "choice has no message", http_status=status)
+    tool_calls = message.get("tool_calls")
+    return Reply(
+        content=text_of(message.get("content")),
+        finish_reason=str_or_none(choice.get("finish_reason")),
+        refusal=str_or_none(message.get("refusal")),
+        reasoning=str_or_none(message.get("reasoning") or message.get("reasoning_content")),
+        tool_calls=json_or_none(tool_calls) if tool_calls else None,
+        usage=usage_of(data),
+        response_id=str_or_none(data.get("id") or data.get("request_id")),
+        response_model=str_or_none(data.get("model")),
+        created=unix_seconds(data.get("created")),
+        search_results=json_or_none(data.get("search_results")),
+        warning=warning_of(data.get("warning")),
+    )
+
+
+def usage_of(data: dict[str, Any]) -> Usage:
+    """Usage from `usage`, or Octen's `meta.usage`; mistyped counts become 0."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        meta = data.get("meta")
+        usage = meta.get("usage") if isinstance(meta, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion_ = count(usage.get("completion_tokens", usage.get("output_tokens")))
+    total = count(usage.get("total_tokens")) or prompt + completion_
+    cost = usage.get("cost")
+    cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+    return Usage(prompt, completion_, total, cost)
+
+
+def status_error(
+    status: int, headers: Mapping[str, str], body: bytes, data: Any = None
+) -> AttemptError:
+    """The error an HTTP error status (or an error body) stands for."""
+    if data is None:
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            data = None
+    payload = error_payload(data)
+    message = error_message(payload, body, status)
+    code = error_code(payload)
+    wait = retry_after(headers)
+    lowered = f"{code} {message}".lower()
+    may_be_quota = status in (200, 402, 403, 429)
+    if status == 200:  # an error body on a 200: judge it by its own numeric code if any
+        first = code.split(" ", 1)[0]
+        status = int(first) if first.isdigit() else 500
+    rate_wording = any(
+        w in lowered for w in ("per minute", "per second", "rate limit", "rate_limit")
+    )
+    if (
+        may_be_quota
+        and wait is None
+        and not rate_wording
+        and any(w in lowered for w in QUOTA_WORDS)
+    ):
+        return FatalError(ErrorType.QUOTA_EXHAUSTED, message, http_status=status, job_fatal=True)
+    if status == 429 and "concurren" in lowered:
+        return RetryableError(
+            ErrorType.RATE_LIMITED,
+            message,
+            http_status=status,
+            retry_after=wait,
+            concurrency=True,
+        )
+    if status in RETRYABLE_STATUS:
+        kind = RETRYABLE_STATUS[status]
+        return RetryableError(kind, message, http_status=status, retry_after=wait)
+    if status in FATAL_STATUS:
+        kind = FATAL_STATUS[status]
+        return FatalError(kind, message, http_status=status, job_fatal=kind.value in JOB_FATAL)
+    if 300 <= status < 400:
+        location = headers.get("Location", "?")
+        message = f"redirect to {location} not followed (check --base-url)"
+        return FatalError(ErrorType.HTTP_ERROR, message, http_status=status, job_fatal=True)
+    if status >= 500:
+        return RetryableError(ErrorType.SERVER_ERROR, message, http_status=status, retry_after=wait)
+    return FatalError(ErrorType.HTTP_ERROR, message, http_status=status)
+
+
+def error_payload(data: Any) -> dict[str, Any] | None:
+    """The error object of OpenAI, Anthropic, Octen and Gemini (a list) shapes."""
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if not isinstance(data, dict):
+        return None
+    inner = data.get("error")
+    if isinstance(inner, dict):
+        return inner
+    if isinstance(inner, str):
+        return {"message": inner}
+    if "msg" in data and "code" in data:  # Octen
+        return {"message": data.get("msg"), "code": data.get("code")}
+    return None
+
+
+def error_message(payload: dict[str, Any] | None, body: bytes, status: int) -> str:
+    message = payload.get("message") if payload else None
+    if not isinstance(message, str) or not message.strip():
+        text = body[:200].decode("utf-8", "replace").strip()
+        looks_html = text.lower().startswith(("<!doctype", "<html"))
+        message = f"HTTP {status}" if not text or looks_html else f"HTTP {status}: {text}"
+    message = " ".join(message.split())
+    return message[:MAX_MESSAGE]
+
+
+def error_code(payload: dict[str, Any] | None) -> str:
+    if not payload:
+        return ""
+    parts = [payload.get(key) for key in ("code", "type", "status")]
+    return " ".join(str(p) for p in parts if p is not None and p != "")
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms`, else `retry-after` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def text_of(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        texts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(t for t in texts if isinstance(t, str))
+    return json_or_none(content)
+
+
+def warning_of(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json_or_none(value)
+
+
+def json_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return None
+
+
+def str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value:
+        return int(value)
+    return None
+
+
+def unix_seconds(value: Any) -> int | None:
+    """`created` as unix seconds; milliseconds and nanoseconds are scaled, nonsense dropped."""
+    seconds = int_or_none(value)
+    while seconds is not None and seconds > 10**11:  # ms, us or ns since 1970
+        seconds //= 1000
+    return seconds if seconds is not None and 0 <= seconds < 10**11 else None
+
+
+def count(value: Any) -> int:
+    """A token count; mistyped, negative or absurd (past 2**53) counts become 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, float) and value == value and abs(value) < MAX_COUNT:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < MAX_COUNT:
+        return value
+    return 0

@@ -1,0 +1,345 @@
+"""The job folder `OUT.batcher/` beside an output: the one owner of its format.
+
+```
+out/run.parquet              OUT, written at the end (through a hidden temporary, renamed)
+out/.run.parquet.lock        one job at a time per OUT (flock)
+out/run.parquet.batcher/     the job folder, while a job runs or after it stopped
+    job.json                 settings (never a key), sizes, pid, start time
+    requests.arrow           this run's requests, built once by the checking pass
+    part-000000.parquet      durable results, in write order; the newest part wins a key
+    .part-000001.parquet.tmp a part being written (never read)
+    .damaged-part-...        a part that could not be read, set aside (its rows are resent)
+```
+
+A part is written to a hidden temporary name, fsynced, renamed and the folder fsynced, so a
+part that exists is whole. The folder is removed by renaming it to a hidden tombstone first,
+so a kill during the removal never leaves a half-deleted folder that looks like a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batcher.errors import UsageError
+from batcher.io.columns import KEY_NAMES, PART_SCHEMA, results_table
+from batcher.types import Result
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".batcher"
+INFO = "job.json"
+SPOOL = "requests.arrow"
+PART_GLOB = "part-*.parquet"
+DAMAGED = ".damaged-"
+TOMBSTONE = ".removing-"
+# The columns a part must have to count: the key, the fingerprint and the outcome.
+REQUIRED = frozenset({*KEY_NAMES, "id", "request_hash", "status", "error_type"})
+
+
+class JobDir:
+    """The job folder of one output (`OUT.batcher/`), and the names beside OUT."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + SUFFIX)
+
+    @classmethod
+    def of(cls, path: Path) -> JobDir:
+        """The job folder named by OUT or by the folder itself (`batcher status OUT.batcher`)."""
+        path = Path(path)
+        if path.name.endswith(SUFFIX) and path.is_dir():
+            return cls(path.with_name(path.name[: -len(SUFFIX)]))
+        return cls(path)
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def spool(self) -> Path:
+        return self.path / SPOOL
+
+    def check_output(self) -> None:
+        """Fail before anything is sent if OUT cannot be written (its folder is made)."""
+        output = self.output
+        if output.is_dir():
+            raise UsageError(f"{output}: the output path is a directory")
+        parent = output.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot create {parent}: {exc.strerror}") from None
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"{output}: the directory {parent} is not writable")
+
+    # --- the lock, the folder itself ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One job at a time per OUT: a second would send (and bill) every row again."""
+        path = self.output.with_name(f".{self.output.name}.lock")
+        handle = open(path, "a+")  # noqa: SIM115 - held for the whole job
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError(
+                    f"{self.output}: another batcher job is writing this output; wait for it "
+                    "or choose another -o"
+                ) from None
+            yield
+        finally:
+            handle.close()
+
+    def clean(self) -> None:
+        """Remove what a killed run left behind: temporary OUT files and tombstones."""
+        parent = self.output.parent
+        for tmp in parent.glob(f".{self.output.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for stone in parent.glob(f"{TOMBSTONE}*{self.path.name}"):
+            shutil.rmtree(stone, ignore_errors=True)
+
+    def create(self) -> None:
+        self.path.mkdir(exist_ok=True)
+
+    def remove(self) -> None:
+        """Delete the folder: renamed to a tombstone first (atomic), then removed."""
+        if not self.path.exists():
+            return
+        stone = self.path.with_name(f"{TOMBSTONE}{os.getpid()}-{self.path.name}")
+        os.replace(self.path, stone)
+        fsync_dir(self.path.parent)
+        shutil.rmtree(stone, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A hidden folder that becomes the job folder in one rename, or vanishes."""
+        staging = self.path.with_name(f".{self.path.name}.importing")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        os.replace(staging, self.path)
+
+    # --- job.json --------------------------------------------------------------------------
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        tmp = self.path / f".{INFO}.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, self.path / INFO)
+
+    def read_info(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / INFO).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    # --- parts -----------------------------------------------------------------------------
+
+    def parts(self) -> list[Path]:
+        """Every part, in write order."""
+        return sorted(self.path.glob(PART_GLOB))
+
+    def healthy_parts(self) -> list[Path]:
+        """The parts whose footer reads and that hold a result's key and outcome; any other
+        is set aside (renamed hidden), and its results are sent again."""
+        good = []
+        for path in self.parts():
+            try:
+                names = set(pq.read_metadata(path).schema.names)
+                if not names >= REQUIRED:
+                    raise ValueError("missing columns")
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                path.replace(path.with_name(f"{DAMAGED}{path.name}"))
+                log.warning("%s is damaged (%s); its results will be sent again", path.name, exc)
+                continue
+            good.append(path)
+        return good
+
+    def next_part_number(self) -> int:
+        numbers = [int(p.stem.split("-")[1]) for p in self.parts()]
+        return max(numbers, default=-1) + 1
+
+    def results(self, columns: list[str] | None = None) -> pa.Table:
+        """The newest result of every key (`columns` and the key), from the parts that read
+        (parts being written or replaced are skipped): what a job has so far."""
+        names = None if columns is None else list(dict.fromkeys([*KEY_NAMES, *columns]))
+        tables = []
+        for path in self.parts():
+            try:
+                table = pq.ParquetFile(path).read(columns=names)
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+            tables.append(table)
+        if not tables:
+            empty = PART_SCHEMA.empty_table()
+            return empty if names is None else empty.select(names)
+        return newest_per_key(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def newest_per_key(table: pa.Table) -> pa.Table:
+    """One row per result key (`_row`, `model`, `_variant`, `sample`): the last one, since
+    rows are in write order and a later part replaces an earlier result of the same key."""
+    if table.num_rows == 0:
+        return table
+    order = pa.array(range(table.num_rows), pa.int64())
+    keyed = table.select(list(KEY_NAMES)).append_column("__at", order)
+    last = keyed.group_by(list(KEY_NAMES), use_threads=False).aggregate([("__at", "max")])
+    picks = pc.sort_indices(last.column("__at_max"))
+    return table.take(pc.take(last.column("__at_max"), picks))
+
+
+def read_results(path: Path) -> pa.Table:
+    """The result rows of OUT, or of its job folder while the job runs or after it stopped
+    (the newest result per key)."""
+    job_dir = JobDir.of(path)
+    if job_dir.exists():
+        return job_dir.results()
+    path = Path(path)
+    if path.is_file():
+        try:
+            return pq.read_table(path)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise UsageError(f"{path}: not a readable Parquet file: {exc}") from None
+    raise UsageError(f"{path}: no such output or job directory")
+
+
+class PartWriter:
+    """Results made durable as parts, at least every `flush_rows` results or `flush_seconds`.
+
+    Parts are written by one thread of the writer's own, in order, while results keep coming;
+    a batch handed to it is written even when the job is cancelled meanwhile (a second
+    Ctrl-C). `on_flush` sees each batch as it is handed over. Use it as `async with`: leaving
+    waits for every write, writes the rest and raises the first write that failed."""
+
+    def __init__(
+        self,
+        job_dir: JobDir,
+        *,
+        flush_rows: int,
+        flush_seconds: float,
+        on_flush: Callable[[list[Result]], None] | None = None,
+    ) -> None:
+        self.job_dir = job_dir
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.on_flush = on_flush
+        self.row_ranges: dict[str, tuple[int, int]] = {}  # part name -> lowest, highest _row
+        self._next = job_dir.next_part_number()
+        self._buffer: list[Result] = []
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batcher-parts")
+        self._writes: deque[asyncio.Future[None]] = deque()
+        self._last_flush = 0.0
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PartWriter:
+        self._last_flush = asyncio.get_running_loop().time()
+        self._ticker = asyncio.ensure_future(self._tick())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._ticker is not None
+        self._ticker.cancel()
+        try:  # a second Ctrl-C stops these waits, not the writes
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            outcomes = await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
+        finally:
+            self._thread.shutdown(wait=True)  # every batch handed over is on disk
+            taken = self._take()
+            if taken is not None:  # synchronously: a second Ctrl-C cannot cut it short
+                self._write(*taken)
+        failed = [r for r in outcomes if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+
+    async def add(self, results: list[Result]) -> None:
+        self._buffer.extend(results)
+        if len(self._buffer) >= self.flush_rows:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand the buffered results to the thread; wait only when two writes are queued."""
+        loop = asyncio.get_running_loop()
+        self._last_flush = loop.time()
+        taken = self._take()
+        if taken is None:
+            return
+        writes = self._writes
+        while writes and writes[0].done():
+            writes.popleft().result()  # a failed write stops the job here
+        writes.append(loop.run_in_executor(self._thread, self._write, *taken))
+        if len(writes) > 2:
+            await asyncio.shield(asyncio.wait([writes[0]]))
+
+    async def _tick(self) -> None:
+        """Flush on time even while no result arrives (a slow or hung request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, self._last_flush + self.flush_seconds - loop.time()))
+            if loop.time() - self._last_flush >= self.flush_seconds:
+                await self.flush()
+
+    def _take(self) -> tuple[list[Result], Path] | None:
+        if not self._buffer:
+            return None
+        batch, self._buffer = self._buffer, []
+        if self.on_flush is not None:
+            self.on_flush(batch)
+        path = self.job_dir.path / f"part-{self._next:06d}.parquet"
+        self._next += 1
+        return batch, path
+
+    def _write(self, batch: list[Result], path: Path) -> None:
+        write_atomic(results_table(batch), path)
+        rows = [r.row_index for r in batch]
+        self.row_ranges[path.name] = (min(rows), max(rows))
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write, fsync and rename, so `path` holds a whole file or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    # Parts are the job's own scratch files, read once at the end: the cheapest encoding to
+    # write (a third of zstd with dictionaries), with statistics for `_row` alone.
+    pq.write_table(
+        table, tmp, compression="snappy", use_dictionary=False, write_statistics=["_row"]
+    )
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
