@@ -215,21 +215,33 @@ class Job:
 
     def _prepare(self, job_dir: JobDir) -> InputScan:
         """Earlier results, then the checking pass writing the request spool, then job.json.
-        A bad input leaves no trace: the folder is removed again unless it held results."""
+        A bad input changes nothing: a folder made for it is removed again, and --fresh
+        drops the earlier results only once the new requests are all built."""
         job_dir.clean()
-        earlier, imported = earlier_results(job_dir, fresh=self.spec.fresh)
+        fresh = self.spec.fresh
+        earlier, imported = earlier_results(job_dir) if not fresh else (DoneIndex.empty(), False)
         had_folder = job_dir.exists()
-        job_dir.create()
+        if fresh:
+            target = job_dir.output.with_name(f".{job_dir.output.name}.spool.tmp")
+        else:
+            job_dir.create()
+            target = job_dir.spool
         try:
-            with spool.SpoolWriter(job_dir.spool) as sink:
+            with spool.SpoolWriter(target) as sink:
                 found = self.check(sink, earlier)
             kept_columns(self.spec.keep_columns, found.schema)  # a wrong name fails here
         except BaseException:
-            if not had_folder or imported:  # OUT stays the only record of an imported job
+            if fresh:
+                target.unlink(missing_ok=True)
+            elif not had_folder or imported:  # OUT stays the only record of an imported job
                 job_dir.remove()
             else:
-                job_dir.spool.unlink(missing_ok=True)
+                target.unlink(missing_ok=True)
             raise
+        if fresh:  # start over: the earlier results go, in one rename
+            job_dir.remove()
+            job_dir.create()
+            os.replace(target, job_dir.spool)
         job_dir.write_info(
             {
                 "version": __version__,

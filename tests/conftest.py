@@ -57,6 +57,23 @@ def cli(monkeypatch):
     return invoke
 
 
+@pytest.fixture
+def run_job(cli, api):
+    """`batcher run INPUT -o OUT --base-url API -m MODEL ARGS...` against the mock API.
+
+    INPUT is a path, or a list of rows written to `in.jsonl` beside OUT; API is `api`
+    unless `server=` names another mock; `model=None` gives no `-m`."""
+
+    def run(data, out: Path, *args, model: str | None = "mock-1", server=None, env=None):
+        if not isinstance(data, (str, Path)):
+            data = write_jsonl(Path(out).parent / "in.jsonl", data)
+        models = ("-m", model) if model is not None else ()
+        url = (server or api).url
+        return cli("run", data, "-o", out, "--base-url", url, *models, *args, env=env)
+
+    return run
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -215,7 +215,8 @@ def cost_json(groups: Sequence[Totals], total: Totals, by: Sequence[str]) -> dic
 def spent_usd(job_dir: JobDir, prices: PriceTable) -> float:
     """What the results in a job folder cost (every billed result, retried ones included)."""
     spent = 0.0
+    columns = ["model", "prompt_tokens", "completion_tokens", "cost_usd", "error_type", "cached"]
     for part in job_dir.healthy_parts():
-        table = with_costs(pq.ParquetFile(part).read(), prices)
+        table = with_costs(pq.ParquetFile(part).read(columns=columns), prices)
         spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
     return spent

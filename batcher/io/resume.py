@@ -184,13 +184,9 @@ def import_output(output: Path, job_dir: Path) -> int:
     return imported
 
 
-def earlier_results(job_dir: JobDir, *, fresh: bool) -> tuple[DoneIndex, bool]:
+def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
     """What earlier runs of this OUT finished: its job folder, else OUT itself (imported into
-    a new job folder); nothing with `fresh` (the folder is removed). And whether it came
-    from OUT."""
-    if fresh:
-        job_dir.remove()
-        return DoneIndex.empty(), False
+    a new job folder); and whether it came from OUT."""
     imported = False
     if not job_dir.exists() and job_dir.output.exists():
         with job_dir.staging() as staging:  # all of OUT, or nothing: a kill here loses nothing

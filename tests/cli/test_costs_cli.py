@@ -16,6 +16,7 @@ output_per_million = 8.0
 input_per_million = 1.0
 output_per_million = 1.0
 """
+UNPRICED = "no price for: unpriced (cost left empty; add them with --prices FILE)"
 
 
 def setup(tmp_path, n=10, chars=40):
@@ -65,25 +66,12 @@ def test_estimate_sends_nothing_and_needs_no_key(cli, api, tmp_path):
     assert api.log == []
 
 
-def test_run_prices_rows_and_cost_agrees(cli, api, tmp_path):
+def test_run_prices_rows_and_cost_agrees(cli, run_job, tmp_path):
     data, prices = setup(tmp_path)
     out = tmp_path / "o.parquet"
-    result = cli(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "priced-a",
-        "-m",
-        "unpriced",
-        "--prices",
-        prices,
-    )
+    result = run_job(data, out, "-m", "priced-a", "-m", "unpriced", "--prices", prices, model=None)
     assert result.exit_code == 0, result.stderr
-    assert "no price for: unpriced" in result.stderr
+    assert UNPRICED in result.stderr.splitlines()
     rows = pq.read_table(out).to_pylist()
     for row in rows:
         if row["model"] == "priced-a":
@@ -95,44 +83,32 @@ def test_run_prices_rows_and_cost_agrees(cli, api, tmp_path):
     spent = sum(r["cost_usd"] for r in rows if r["cost_usd"] is not None)
     assert report["total"]["cost_usd"] == spent
     assert report["total"]["requests"] == 20
-    assert "no price for: unpriced" in cli("cost", out, "--prices", prices).stdout
+    assert UNPRICED in cli("cost", out, "--prices", prices).stdout.splitlines()
     by = cli("cost", out, "--by", "model,status", "--csv", "--prices", prices).stdout
     assert by.splitlines()[0].startswith("model,status,requests")
     assert cli("cost", out, "--by", "nope").exit_code == 2
 
 
-def test_max_cost_stops_within_one_request_and_resumes(cli, api, tmp_path):
+def test_max_cost_stops_within_one_request_and_resumes(run_job, api, tmp_path):
     data, prices = setup(tmp_path, n=200)
     out = tmp_path / "o.parquet"
-    args = (
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "priced-a",
-        "--prices",
-        prices,
-        "--max-tokens",
-        "100",
-        "-c",
-        "4",
-    )
+    args = (data, out, "--prices", prices, "--max-tokens", "100", "-c", "4")
     one_request = (10 * 2.0 + 100 * 8.0) / 1e6  # the worst case of one request
-    result = cli(*args, "--max-cost", "0.02")
+    result = run_job(*args, "--max-cost", "0.02", model="priced-a")
     assert result.exit_code == 1
-    assert "the next request could pass the budget of $0.0200" in result.stderr
     rows = pq.read_table(out).to_pylist()
     spent = sum(r["cost_usd"] for r in rows if r["status"] == "ok")
     assert 0.02 - one_request <= spent <= 0.02
+    assert (
+        f"stopped early: the next request could pass the budget of $0.0200 (${spent:.4f} spent);"
+        " rerun with a higher --max-cost to go on"
+    ) in result.stderr.splitlines()
     unsent = [r for r in rows if r["error_type"] == "not_sent"]
     assert unsent and len(api.log) == 200 - len(unsent)
-    again = cli(*args, "--max-cost", "1")
+    again = run_job(*args, "--max-cost", "1", model="priced-a")
     assert again.exit_code == 0
     assert len(api.log) == 200
-    assert cli(*args, "--max-cost", "1", "-m", "unpriced").exit_code == 2
+    assert run_job(*args, "--max-cost", "1", "-m", "unpriced", model="priced-a").exit_code == 2
 
 
 def test_estimate_counts_with_tiktoken_when_it_is_available_offline(cli, tmp_path, monkeypatch):

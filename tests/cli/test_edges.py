@@ -49,24 +49,14 @@ def test_cancelling_a_full_engine_returns_at_once():
     assert asyncio.run(main()) < 2
 
 
-def test_skipped_bad_rows_resume(cli, api, tmp_path):
+def test_skipped_bad_rows_resume(run_job, api, tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_bytes(b'{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": 3}\n')
-    args = (
-        "run",
-        data,
-        "-o",
-        tmp_path / "o.parquet",
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
-        "--on-bad-row",
-        "skip",
-        "-q",
-    )
-    assert cli(*args).exit_code == 1
-    assert cli(*args).exit_code == 1  # a finished job: nothing sent, the bad row kept
+    args = (data, tmp_path / "o.parquet", "--on-bad-row", "skip", "-q")
+    assert run_job(*args, model="m").exit_code == 1
+    assert (
+        run_job(*args, model="m").exit_code == 1
+    )  # a finished job: nothing sent, the bad row kept
     assert len(api.log) == 1
 
 
@@ -86,7 +76,10 @@ def test_one_job_per_output(make_api, tmp_path):
     wait_for(lambda: len(api.log) >= 4)
     second = Job(args, tmp_path)
     assert second.wait(timeout=30) == 2
-    assert "another batcher job is writing this output" in second.stderr
+    assert second.stderr == (
+        f"Error: {out}: another batcher job is writing this output; "
+        "wait for it or choose another -o\n"
+    )
     assert first.wait(timeout=60) == 0
     assert len(api.log) == 100
 
@@ -123,27 +116,26 @@ def test_results_are_flushed_on_time_while_a_request_hangs(make_api, tmp_path):
         job.wait()
 
 
-def test_an_output_that_is_not_ours_is_left_alone(cli, api, tmp_path):
+def test_an_output_that_is_not_ours_is_left_alone(run_job, api, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", prompts(2))
     out = tmp_path / "o.parquet"
     out.write_bytes(b"precious data")
-    result = cli("run", data, "-o", out, "--base-url", api.url, "-m", "m")
+    result = run_job(data, out, model="m")
     assert result.exit_code == 2
-    assert "exists and is not a batcher output" in result.stderr
+    assert result.stderr == (
+        f"Error: {out}: exists and is not a batcher output; choose another -o, "
+        "or use --fresh to replace it\n"
+    )
     assert out.read_bytes() == b"precious data" and api.log == []
     assert not (tmp_path / "o.parquet.batcher").exists()
-    assert (
-        cli("run", data, "-o", out, "--base-url", api.url, "-m", "m", "--fresh", "-q").exit_code
-        == 0
-    )
+    assert run_job(data, out, "--fresh", "-q", model="m").exit_code == 0
     assert pq.read_table(out).num_rows == 2
 
 
-def test_wrong_keep_columns_and_infinite_numbers_send_nothing(cli, api, tmp_path):
-    data = write_jsonl(tmp_path / "in.jsonl", prompts(2))
-    base = ("run", data, "-o", tmp_path / "o.parquet", "--base-url", api.url, "-m", "m")
-    assert cli(*base, "--keep-columns", "nope").exit_code == 2
-    assert cli(*base, "--rpm", "inf").exit_code == 2
-    assert cli(*base, "--timeout", "inf").exit_code == 2
-    assert cli(*base, "--param", "stream=true").exit_code == 2
+def test_wrong_keep_columns_and_infinite_numbers_send_nothing(run_job, api, tmp_path):
+    rows, out = prompts(2), tmp_path / "o.parquet"
+    assert run_job(rows, out, "--keep-columns", "nope", model="m").exit_code == 2
+    assert run_job(rows, out, "--rpm", "inf", model="m").exit_code == 2
+    assert run_job(rows, out, "--timeout", "inf", model="m").exit_code == 2
+    assert run_job(rows, out, "--param", "stream=true", model="m").exit_code == 2
     assert api.log == [] and not (tmp_path / "o.parquet.batcher").exists()

@@ -7,18 +7,11 @@ import pyarrow.parquet as pq
 from conftest import write_jsonl
 
 
-def test_cross_product_counts_columns_and_seeds(cli, api, tmp_path):
-    data = write_jsonl(
-        tmp_path / "in.jsonl", [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}]
-    )
+def test_cross_product_counts_columns_and_seeds(run_job, api, tmp_path):
     out = tmp_path / "o.parquet"
-    result = cli(
-        "run",
-        data,
-        "-o",
+    result = run_job(
+        [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}],
         out,
-        "--base-url",
-        api.url,
         "-m",
         "m1",
         "-m",
@@ -32,6 +25,7 @@ def test_cross_product_counts_columns_and_seeds(cli, api, tmp_path):
         "--seed",
         "100",
         "-q",
+        model=None,
     )
     assert result.exit_code == 0, result.stderr
     table = pq.read_table(out)
@@ -63,24 +57,12 @@ def test_cross_product_counts_columns_and_seeds(cli, api, tmp_path):
     assert {seed for *_, seed in bodies} == {100, 101, 102}
 
 
-def test_sweep_resume_and_report_group_by_parameters(cli, api, tmp_path):
+def test_sweep_resume_and_report_group_by_parameters(cli, run_job, api, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"p{i}"} for i in range(4)])
     out = tmp_path / "o.parquet"
-    args = (
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
-        "--sweep",
-        "temperature=0,1",
-        "-q",
-    )
-    assert cli(*args).exit_code == 0
-    assert cli(*args).exit_code == 0  # finished: nothing sent again
+    args = (data, out, "--sweep", "temperature=0,1", "-q")
+    assert run_job(*args, model="m").exit_code == 0
+    assert run_job(*args, model="m").exit_code == 0  # finished: nothing sent again
     assert len(api.log) == 8
     report = cli("report", out).stdout.splitlines()
     assert report[0].split()[:2] == ["model", "param_temperature"]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,13 @@ def read_rows(path: Path) -> list[dict]:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def like(text: str, expected: str) -> bool:
+    """Whether `text` is `expected`, each "..." in it standing for some words on one line: the
+    words of orjson or pyarrow, which the versions pyproject allows put differently."""
+    pattern = ".+".join(re.escape(part) for part in expected.split("..."))
+    return re.fullmatch(pattern, text) is not None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -120,9 +120,10 @@ def test_exhausted_quota_stops_the_job_early(api, tmp_path):
     )
     sent = len(api.log)
     assert ran.code == 1, ran.stderr
-    assert "stopped early: 20 requests in a row failed with HTTP 429 quota_exhausted" in (
-        ran.stderr
-    ), ran.stderr
+    assert (
+        "stopped early: 20 requests in a row failed with HTTP 429 quota_exhausted"
+        " (You exceeded your current quota, please check your plan and billing details.)"
+    ) in ran.stderr.splitlines(), ran.stderr
     assert sent <= 20 + concurrency, f"{sent} requests sent after the quota was exhausted"
     table = pq.read_table(out)
     kinds = Counter(zip(table.column("status").to_pylist(), table.column("error_type").to_pylist()))
