@@ -73,6 +73,20 @@ class FatalError(AttemptError):
     """Another attempt would fail the same way."""
 
 
+def os_problem(exc: BaseException) -> str:
+    """Why a file could not be opened or read, as a message ends: "no such file", ..."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"cannot read: {one_line(reason)}"
+
+
 def one_line(text: str, limit: int = 200) -> str:
     """`text` for a one-line message: whitespace runs as one space, cut at `limit` characters."""
     text = " ".join(text.split())

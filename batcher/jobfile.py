@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batcher.errors import UsageError
+from batcher.errors import UsageError, os_problem
 from batcher.spec import CHOICES, JobSpec, keep_columns, unknown_message
 
 try:
@@ -154,14 +154,8 @@ def _unknown(key: str) -> str:
 def _read(where: Path, shown: str) -> dict[str, Any]:
     try:
         text = where.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{shown}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{shown}: is a directory, not a job file") from None
-    except OSError as exc:
-        raise UsageError(f"{shown}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{shown}: not UTF-8 text") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{shown}: {os_problem(exc)}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

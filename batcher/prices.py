@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from batcher.errors import UsageError, show_path
+from batcher.errors import UsageError, os_problem, show_path
 
 try:
     import tomllib
@@ -112,12 +112,8 @@ def _read(path: str | os.PathLike[str], origin: str = "") -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        raise UsageError(f"{show_path(path)}: no such file{origin}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{show_path(path)}: is a folder, not a prices file{origin}") from None
     except OSError as exc:
-        raise UsageError(f"{show_path(path)}: cannot read: {exc.strerror}{origin}") from None
+        raise UsageError(f"{show_path(path)}: {os_problem(exc)}{origin}") from None
 
 
 def _parse(data: bytes, path: str | os.PathLike[str]) -> dict[str, Price]:

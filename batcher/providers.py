@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from batcher.errors import UsageError
+from batcher.errors import UsageError, os_problem
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ def read_key(provider: Provider, api_key_file: str | os.PathLike[str] | None) ->
         try:
             key = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-            raise UsageError(f"--api-key-file {path}: {reason}") from None
+            raise UsageError(f"--api-key-file {path}: {os_problem(exc)}") from None
         if not key:
             raise UsageError(f"--api-key-file {path}: the file is empty")
         return checked_key(key, f"--api-key-file {path}")

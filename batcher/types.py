@@ -53,6 +53,10 @@ JOB_FATAL = frozenset(
 )
 
 
+# Tokens a reply is taken to use, for limits and budgets, when the request sets no bound.
+COMPLETION_ALLOWANCE = 256
+
+
 @dataclass(slots=True)
 class Request:
     """One chat-completions request: an input row sent to one model (and sample).
@@ -77,6 +81,11 @@ class Request:
     def body(self) -> dict[str, Any]:
         """The body as a dict (decoded from the payload on each call)."""
         return orjson.loads(self.payload) if self.payload else {}
+
+    @property
+    def completion_bound(self) -> int:
+        """The completion tokens this request may use: its max_tokens, else the allowance."""
+        return self.max_tokens or COMPLETION_ALLOWANCE
 
     @property
     def key(self) -> tuple[int, str, int, int]:

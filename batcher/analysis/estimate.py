@@ -17,6 +17,7 @@ from batcher.analysis.text import aligned, money
 from batcher.errors import UsageError
 from batcher.io.check import InputScan
 from batcher.prices import UNPRICED_HINT, Price, PriceTable
+from batcher.types import COMPLETION_ALLOWANCE
 
 __all__ = ["Estimate", "ModelEstimate", "estimate", "render_estimate"]
 
@@ -97,7 +98,7 @@ def estimate(
     model_limits: Mapping[str, Mapping[str, float]] | None = None,
     seconds_per_request: float = 2.0,
     typical_reply_tokens: int = 150,
-    completion_allowance: int = 256,
+    completion_allowance: int = COMPLETION_ALLOWANCE,
 ) -> Estimate:
     """Tokens, cost range and duration of the job that `scan` describes.
 

@@ -18,7 +18,6 @@ from batcher.types import Request, Result
 class Budget:
     limit: float
     prices: PriceTable
-    completion_allowance: int = 256
     spent: float = 0.0  # known cost of finished results (earlier runs included)
     reserved: float = 0.0  # worst case of requests in flight
     _settled: asyncio.Event | None = field(default=None, repr=False)
@@ -27,9 +26,10 @@ class Budget:
         price = self.prices.get(request.model)
         if price is None:
             return 0.0
-        completion = request.max_tokens or self.completion_allowance
         cost = row_cost(
-            price, prompt_tokens=request.est_prompt_tokens, completion_tokens=completion
+            price,
+            prompt_tokens=request.est_prompt_tokens,
+            completion_tokens=request.completion_bound,
         )
         return cost or 0.0
 

@@ -56,7 +56,6 @@ class EngineSettings:
     model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
     stop_after_fatal: int = 20  # job-fatal errors in a row (bad key, no quota) that stop the job
     max_body_bytes: int = 64 * 1024 * 1024
-    completion_allowance: int = 256  # tokens charged for a reply when a request has no max_tokens
     reask: int = 2  # re-asks of a structured reply that is not valid JSON or breaks its schema
 
 
@@ -237,9 +236,7 @@ class EngineRun:
 
     async def _answer(self, request: Request) -> Result:
         """Send a request to its end (retries, re-asks) and track job-fatal errors."""
-        charge = request.est_prompt_tokens + (
-            request.max_tokens or self.settings.completion_allowance
-        )
+        charge = request.est_prompt_tokens + request.completion_bound
         attempt, made = await self._complete(request, request.payload, charge)
         validator = self._validators.of(request.payload)
         if validator is None or attempt.reply is None:

@@ -29,7 +29,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batcher.errors import InputError, json_kind, one_line, quote, show_path
+from batcher.errors import InputError, json_kind, one_line, os_problem, quote, show_path
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # a JSONL/CSV batch ends after about this much text
@@ -103,7 +103,7 @@ def read_batches(
                 empty = False
                 yield batch
         except OSError as exc:
-            raise InputError(f"{source}: cannot read: {_os_reason(exc)}") from None
+            raise InputError(f"{source}: {os_problem(exc)}") from None
     if empty:
         raise InputError(f"{source}: no rows")
 
@@ -111,19 +111,8 @@ def read_batches(
 def _open(path: str | os.PathLike[str], source: str) -> IO[bytes]:
     try:
         return open(path, "rb", buffering=READ_BUFFER)
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{source}: is a directory, not a file") from None
-    except PermissionError:
-        raise InputError(f"{source}: permission denied") from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"{source}: cannot open: {_os_reason(exc)}") from None
-
-
-def _os_reason(exc: Exception) -> str:
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return one_line(reason)
+        raise InputError(f"{source}: {os_problem(exc)}") from None
 
 
 def _batched(

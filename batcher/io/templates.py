@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batcher.errors import InputError, quote, show_path
+from batcher.errors import InputError, os_problem, quote, show_path
 from batcher.io.inputs import compact_json
 
 
@@ -107,7 +107,7 @@ def load_messages_template(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
     try:
         data = orjson.loads(Path(path).read_bytes())
     except OSError as exc:
-        raise InputError(f"{source}: {exc.strerror or 'cannot be read'}") from None
+        raise InputError(f"{source}: {os_problem(exc)}") from None
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{source}: invalid JSON: {exc}") from None
     if not isinstance(data, list) or not data:
@@ -125,5 +125,4 @@ def read_text(path: str | os.PathLike[str], option: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not readable as UTF-8 text"
-        raise InputError(f"{option} {show_path(path)}: {reason}") from None
+        raise InputError(f"{option} {show_path(path)}: {os_problem(exc)}") from None

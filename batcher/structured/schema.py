@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from batcher.errors import InputError, json_kind, one_line
+from batcher.errors import InputError, json_kind, one_line, os_problem
 
 JSON_OBJECT = {"type": "json_object"}
 _NAME_CHARS = 64  # OpenAI's limit for json_schema.name
@@ -37,14 +37,8 @@ def _read_json(path: str | os.PathLike[str], source: str) -> Any:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{source}: is a directory, not a file") from None
-    except PermissionError:
-        raise InputError(f"{source}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"{source}: cannot read: {one_line(exc.strerror or str(exc))}") from None
+        raise InputError(f"{source}: {os_problem(exc)}") from None
     data = data.removeprefix(b"\xef\xbb\xbf")
     if not data.strip():
         raise InputError(f"{source}: the file is empty")

@@ -171,7 +171,7 @@ def test_missing_and_unreadable_files(tmp_path):
     assert str(info.value) == f"{gone}: no such file (named by BATCHER_PRICES)"
     with pytest.raises(UsageError) as info:
         PriceTable.load(tmp_path, env=NO_ENV)
-    assert str(info.value) == f"{tmp_path}: is a folder, not a prices file"
+    assert str(info.value) == f"{tmp_path}: is a directory, not a file"
     bad = tmp_path / "latin1.toml"
     bad.write_bytes(b'["caf\xe9"]\ninput_per_million = 1\noutput_per_million = 2\n')
     with pytest.raises(UsageError) as info:

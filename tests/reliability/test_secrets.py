@@ -208,9 +208,7 @@ def test_failing_commands_leak_nothing(make_api, tmp_path, key_file):
             results[what] = ran
     one_line = {  # "..." stands for orjson's words (see reliability_support.like)
         "bad input file": f"Error: {bad}: line 2: invalid JSON: ...",
-        "unreadable key file": (
-            f"Error: --api-key-file {tmp_path / 'missing.key'}: No such file or directory"
-        ),
+        "unreadable key file": (f"Error: --api-key-file {tmp_path / 'missing.key'}: no such file"),
         "status of nothing": (
             f"Error: {tmp_path / 'nothing.parquet'}: no such output or job directory"
         ),
