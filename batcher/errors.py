@@ -4,6 +4,8 @@
 BatcherError                 anything batcher raises on purpose
 ├── UsageError               bad options or settings, found before anything is sent (exit 2)
 ├── InputError               a bad input file, row or template (exit 2); names file and line
+├── StorageError             results or the output could not be written (exit 74): a full
+│                            disk, an I/O error; what was saved stays, a rerun resumes
 └── AttemptError             one HTTP attempt failed; carries error_type and http_status
     ├── RetryableError       worth another attempt: 408/409/429/5xx/529, drops, timeouts,
     │                        truncated or unparseable bodies; may carry the server's wait
@@ -20,6 +22,10 @@ with `status="error"`. Messages never contain request headers, so never a key.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batcher.types import Usage
 
 
 class BatcherError(Exception):
@@ -32,6 +38,10 @@ class UsageError(BatcherError):
 
 class InputError(BatcherError):
     """A bad input file, row or template; the message names the file and the line or row."""
+
+
+class StorageError(BatcherError):
+    """Results or the output could not be written; what was saved before is durable."""
 
 
 class AttemptError(BatcherError):
@@ -58,6 +68,8 @@ class AttemptError(BatcherError):
         self.job_fatal = job_fatal
         # True for a 429 about too many requests in flight: the cure is fewer, not slower.
         self.concurrency = concurrency
+        # What a billed reply that was rejected all the same (a 200 without choices) used.
+        self.usage: Usage | None = None
 
     def __repr__(self) -> str:  # never the request, never headers
         return f"{type(self).__name__}({self.error_type!r}, {self.message!r})"

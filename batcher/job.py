@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +28,15 @@ from batcher.analysis.totals import Totals
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import Engine, EngineRun, EngineSettings, ModelLimits
+from batcher.engine.http import fit_open_files
 from batcher.engine.retry import RetryPolicy
-from batcher.errors import UsageError
+from batcher.errors import StorageError, UsageError
 from batcher.io import spool
 from batcher.io.assemble import assemble
 from batcher.io.check import InputScan, check_input
 from batcher.io.columns import kept_columns, output_layout
-from batcher.io.jobdir import JobDir, PartWriter
+from batcher.io.jobdir import JobDir
+from batcher.io.parts import PartWriter, write_problem
 from batcher.io.resume import DoneIndex, earlier_results
 from batcher.io.rows import RequestSpec, sweep_grid
 from batcher.io.templates import load_messages_template, read_text
@@ -40,6 +44,9 @@ from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.spec import JobSpec
 from batcher.structured.schema import load_schema, response_format
+from batcher.types import Result
+
+log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
 MOCK_IDENTITY = "batcher-mock://local/v1"
@@ -55,6 +62,7 @@ class Progress:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    note: str | None = None  # e.g. "paused 42 s: a 429 said retry-after"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,29 @@ class DryRun:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class _Counts:
+    """What this run has finished so far, for progress."""
+
+    total: int
+    done: int = 0
+    ok: int = 0
+    prompt: int = 0
+    completion: int = 0
+
+    def add(self, batch: list[Result]) -> None:
+        self.done += len(batch)
+        for result in batch:
+            self.ok += result.ok
+            self.prompt += result.usage.prompt_tokens or 0
+            self.completion += result.usage.completion_tokens or 0
+
+    def progress(self, note: str | None) -> Progress:
+        return Progress(
+            self.done, self.total, self.ok, self.done - self.ok, self.prompt, self.completion, note
+        )
 
 
 def engine_settings(spec: JobSpec) -> EngineSettings:
@@ -118,6 +149,8 @@ class Job:
             samples=spec.samples,
             base_url=self.identity_url,
             on_bad_row=spec.on_bad_row,
+            body_columns=spec.body_columns,
+            models_given=bool(spec.models),
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
         self.engine: EngineRun | None = None  # this run of the engine, once it starts
@@ -151,7 +184,14 @@ class Job:
             earlier=earlier,
             retry_errors=self.spec.retry_errors,
             sink=sink,
+            tpm=self._tpm if self.spec.tpm or self.spec.model_limits else None,
         )
+
+    def _tpm(self, model: str) -> float | None:
+        """The tokens a minute a request to `model` may use: the least of its limits."""
+        own = self.spec.model_limits.get(model, {}).get("tpm")
+        limits = [x for x in (self.spec.tpm, own) if x is not None]
+        return min(limits) if limits else None
 
     async def dry_run(self, count: int = 3) -> DryRun:
         bodies: list[bytes] = []
@@ -186,7 +226,7 @@ class Job:
             budget = None
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
-            engine = Engine(self.endpoint(base_url), engine_settings(spec))
+            engine = Engine(self.endpoint(base_url), self._settings())
             requests = spool.todo_requests(job_dir.spool)
             self.engine = engine.start(requests, known=self.cache, budget=budget)
             if self.interrupted:
@@ -213,6 +253,21 @@ class Job:
                 job_dir if keep else None,
             )
 
+    def _settings(self) -> EngineSettings:
+        """The engine's settings: the spec's, with no more in flight than open files allow."""
+        settings = engine_settings(self.spec)
+        wanted = settings.concurrency
+        fits = fit_open_files(wanted, per_request=2 if self.provider.base_url is None else 1)
+        if fits < wanted:
+            log.warning(
+                "-c %d needs more open files than this process may have: %d in flight at most "
+                "(raise `ulimit -n` for more)",
+                wanted,
+                fits,
+            )
+            settings = dataclasses.replace(settings, concurrency=fits)
+        return settings
+
     def _prepare(self, job_dir: JobDir) -> InputScan:
         """Earlier results, then the checking pass writing the request spool, then job.json.
         A bad input changes nothing: a folder made for it is removed again, and --fresh
@@ -227,7 +282,7 @@ class Job:
             job_dir.create()
             target = job_dir.spool
         try:
-            with spool.SpoolWriter(target) as sink:
+            with saving(target, "nothing was sent"), spool.SpoolWriter(target) as sink:
                 found = self.check(sink, earlier)
             kept_columns(self.spec.keep_columns, found.schema)  # a wrong name fails here
         except BaseException:
@@ -242,18 +297,18 @@ class Job:
             job_dir.remove()
             job_dir.create()
             os.replace(target, job_dir.spool)
-        job_dir.write_info(
-            {
-                "version": __version__,
-                "pid": os.getpid(),
-                "started": iso(time.time()),
-                "rows": found.rows,
-                "requests": found.requests,
-                "models": list(found.per_model),
-                "per_model": {m: count.requests for m, count in found.per_model.items()},
-                "settings": self.spec.settings(),
-            }
-        )
+        info = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": iso(time.time()),
+            "rows": found.rows,
+            "requests": found.requests,
+            "models": list(found.per_model),
+            "per_model": {m: count.requests for m, count in found.per_model.items()},
+            "settings": self.spec.settings(),
+        }
+        with saving(job_dir.path / "job.json", "nothing was sent"):
+            job_dir.write_info(info)
         return found
 
     def _budget(self, job_dir: JobDir, found: InputScan) -> Budget:
@@ -265,41 +320,41 @@ class Job:
                 f"--max-cost needs a price for every model; none for: {', '.join(unpriced)} "
                 "(add them with --prices FILE)"
             )
-        budget = Budget(self.spec.max_cost, self.prices)
-        budget.spent = spent_usd(job_dir, self.prices)
-        return budget
+        return Budget.of(self.spec.max_cost, self.prices, spent_usd=spent_usd(job_dir, self.prices))
 
     async def _send(self, job_dir: JobDir, found: InputScan) -> tuple[Totals, dict]:
         """Run the engine over the spool's requests still to send, flushing durable parts."""
-        assert self.engine is not None
-        done = ok = prompt = completion = 0
-        total = found.requests - found.done  # what this run has to do
-        last_progress = time.monotonic()
+        run = self.engine
+        assert run is not None
+        counts = _Counts(found.requests - found.done)  # what this run has to do
         cache = self.cache
         writer = PartWriter(
             job_dir,
             flush_rows=self.spec.flush_rows,
             flush_seconds=self.spec.flush_seconds,
             on_flush=cache.put if cache is not None else None,
+            on_failure=run.stop,
         )
+        ticker = asyncio.ensure_future(self._tick(counts)) if self.progress else None
         try:
             async with writer:
-                async for batch in self.engine:
+                async for batch in run:
                     await writer.add(batch)
-                    done += len(batch)
-                    for result in batch:
-                        ok += result.ok
-                        prompt += result.usage.prompt_tokens
-                        completion += result.usage.completion_tokens
-                    now = time.monotonic()
-                    if self.progress is not None and now - last_progress >= PROGRESS_INTERVAL:
-                        last_progress = now
-                        self.progress(Progress(done, total, ok, done - ok, prompt, completion))
+                    counts.add(batch)
         finally:
-            await self.engine.aclose()
+            if ticker is not None:
+                ticker.cancel()
+            await run.aclose()
         if self.progress is not None:
-            self.progress(Progress(done, total, ok, done - ok, prompt, completion))
-        return Totals(requests=done, ok=ok), writer.row_ranges  # what this run finished
+            self.progress(counts.progress(None))
+        return Totals(requests=counts.done, ok=counts.ok), writer.row_ranges
+
+    async def _tick(self, counts: _Counts) -> None:
+        """Progress a few times a second, also while nothing finishes (a long pause)."""
+        assert self.progress is not None and self.engine is not None
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self.progress(counts.progress(self.engine.pause_note()))
 
     def _assemble(
         self,
@@ -347,21 +402,23 @@ class Job:
             }
             return {"batcher": json.dumps(info, default=str).encode()}
 
-        assemble(
-            job_dir,
-            source=spec.input,
-            limit=spec.limit,
-            schema=found.schema,
-            keep=keep,
-            layout=layout,
-            models=found.models,
-            variants=len(grid),
-            samples=spec.samples,
-            not_sent_reason=reason,
-            row_ranges=row_ranges,
-            finish=finish,
-            metadata=metadata,
-        )
+        with saving(job_dir.output, f"every result is saved in {job_dir.path}"):
+            assemble(
+                job_dir,
+                source=spec.input,
+                limit=spec.limit,
+                schema=found.schema,
+                keep=keep,
+                layout=layout,
+                models=found.models,
+                variants=len(grid),
+                samples=spec.samples,
+                not_sent_reason=reason,
+                row_ranges=row_ranges,
+                finish=finish,
+                metadata=metadata,
+                fingerprint=found.fingerprint,
+            )
         return tally
 
     def _summary(
@@ -397,6 +454,18 @@ class Job:
 
 def _text(text: str | None, path: Path | None, option: str) -> str | None:
     return read_text(path, option) if text is None and path is not None else text
+
+
+@contextlib.contextmanager
+def saving(path: Path, state: str) -> Iterator[None]:
+    """A write that fails for want of disk (or any OS reason) as a one-line StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"{write_problem(exc)} writing {path}: {state}; free space and run the same "
+            "command again"
+        ) from None
 
 
 def iso(t: float) -> str:

@@ -51,6 +51,7 @@ class JobSpec:
     messages_column: str = "messages"
     id_column: str | None = None
     keep_columns: str | tuple[str, ...] = KEEP_ALL
+    body_columns: tuple[str, ...] = ()  # row columns sent as body keys (a row's own model)
     on_bad_row: str = "error"
     limit: int | None = None
     # where to send
@@ -196,7 +197,7 @@ def make_spec(**options: Any) -> JobSpec:
     for name in PATHS:
         if options.get(name) is not None:
             options[name] = Path(options[name])
-    for name in ("models", "stop"):
+    for name in ("models", "stop", "body_columns"):
         value = options.get(name)
         if isinstance(value, str):
             options[name] = (value,)

@@ -7,7 +7,7 @@ made several times per request (5 us a request at thousands of requests a second
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -161,22 +161,42 @@ def max_tokens_of(body: Mapping[str, Any]) -> int | None:
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    """What requests were billed: tokens, and the server's own cost when it said.
+
+    `Usage()` is nothing billed (zero tokens). A billed reply that did not say (or said
+    nonsense) has None counts: unknown, never a made-up 0."""
+
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    total_tokens: int | None = 0
     cost_usd: float | None = None
 
-    def __add__(self, other: Usage) -> Usage:
-        if self.cost_usd is None and other.cost_usd is None:
-            cost = None
-        else:
-            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+    @property
+    def known(self) -> bool:
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+    @staticmethod
+    def total(billed: Sequence[Usage]) -> Usage:
+        """The usage of several billed replies (a row's retries and re-asks): counts unknown
+        when any reply's is, the server's cost only when every reply sent one."""
+        if not billed:
+            return Usage()
+        if len(billed) == 1:
+            return billed[0]
+        costs = [u.cost_usd for u in billed]
         return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.total_tokens + other.total_tokens,
-            cost,
+            _sum([u.prompt_tokens for u in billed]),
+            _sum([u.completion_tokens for u in billed]),
+            _sum([u.total_tokens for u in billed]),
+            None if None in costs else sum(costs),  # type: ignore[arg-type]
         )
+
+
+UNKNOWN_USAGE = Usage(None, None, None, None)  # billed, but the reply did not say how much
+
+
+def _sum(values: list[int | None]) -> int | None:
+    return None if None in values else sum(values)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)

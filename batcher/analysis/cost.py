@@ -60,10 +60,10 @@ def price_table(table: pa.Table, prices: PriceTable, *, keep_server_cost: bool =
 
     Per row, first match wins: a `cached` row (reused from the response cache) costs 0.0;
     with `keep_server_cost`, a non-null `cost_usd` stays; a row never sent (`error_type`
-    not_sent or bad_input) costs 0.0; else tokens x prices as in `row_cost`, null for a model
-    without a price. An error row that was sent but billed no tokens costs 0.0 when its model
-    is priced, null otherwise. Optional integer columns `cached_tokens` and `reasoning_tokens`
-    are used when the table has them."""
+    not_sent or bad_input), or billed no tokens at all, costs 0.0; else tokens x prices as in
+    `row_cost`, null for a model without a price or a row whose usage is unknown. Optional
+    integer columns `cached_tokens` and `reasoning_tokens` are used when the table has
+    them."""
     _require(table, ("model", "prompt_tokens", "completion_tokens"))
     model = _strings(table["model"])
     names = [m for m in pc.unique(model).to_pylist() if m is not None]
@@ -91,6 +91,8 @@ def price_table(table: pa.Table, prices: PriceTable, *, keep_server_cost: bool =
     rr = rate("reasoning_rate")
     total = pc.add(total, pc.multiply(reasoning if reasoning is not None else 0.0, rr))
     cost = pc.divide(total, 1e6)
+    nothing = pc.and_(pc.equal(table["prompt_tokens"], 0), pc.equal(table["completion_tokens"], 0))
+    cost = pc.if_else(nothing.fill_null(False), 0.0, cost)
     if "error_type" in table.column_names:
         never = pc.is_in(_strings(table["error_type"]), value_set=pa.array(NEVER_SENT))
         cost = pc.if_else(never.fill_null(False), 0.0, cost)

@@ -35,6 +35,9 @@ class JobSummary:
 
     @property
     def cost_usd(self) -> float | None:
+        """The job's cost; None when a row's cost is unknown (no price, no usage)."""
+        if any(m.unpriced for m in self.models.values()):
+            return None
         costs = [m.cost_usd for m in self.models.values() if m.cost_usd is not None]
         return sum(costs) if costs else None
 
@@ -94,15 +97,24 @@ def render(summary: JobSummary) -> list[str]:
         + f" of {summary.requests} requests from {summary.rows} rows"
     )
     for name, m in summary.models.items():
-        cost = f", ${m.cost_usd:.4f}" if m.cost_usd is not None else ""
         lines.append(
             f"  {name}: {m.ok}/{m.requests} ok, {m.prompt_tokens} tokens in, "
-            f"{m.completion_tokens} out{cost}"
+            f"{m.completion_tokens} out{_cost(m)}"
         )
-    if summary.cost_usd is not None:
-        lines.append(f"cost: ${summary.cost_usd:.4f}")
+    known = [m.cost_usd for m in summary.models.values() if m.cost_usd is not None]
+    unknown = sum(m.unpriced for m in summary.models.values())
+    if known and not unknown:
+        lines.append(f"cost: ${sum(known):.4f}")
+    elif known:
+        lines.append(f"cost: at least ${sum(known):.4f} ({unknown} rows of unknown cost)")
     if summary.unpriced:
         lines.append(f"no price for: {', '.join(summary.unpriced)} {UNPRICED_HINT}")
+    unsaid = sum(m.unknown_usage for m in summary.models.values())
+    if unsaid:
+        lines.append(
+            f"usage unknown for {unsaid} billed rows (the server did not say, or said "
+            "nonsense): their tokens and cost are left empty"
+        )
     if summary.latency_p50 is not None:
         lines.append(
             f"latency: p50 {summary.latency_p50:.3f}s, p95 {summary.latency_p95:.3f}s; "
@@ -120,6 +132,15 @@ def render(summary: JobSummary) -> list[str]:
     if summary.output:
         lines.append(f"wrote {summary.output}")
     return lines
+
+
+def _cost(m: Totals) -> str:
+    """ ", $0.1234" when every row's cost is known, ", cost partly unknown" when some are."""
+    if m.cost_usd is None or (m.unpriced and m.unpriced == m.requests):
+        return ""
+    if m.unpriced:
+        return f", at least ${m.cost_usd:.4f} ({m.unpriced} rows of unknown cost)"
+    return f", ${m.cost_usd:.4f}"
 
 
 def _model_dict(totals: Totals) -> dict:

@@ -111,7 +111,8 @@ class Totals:
     total_tokens: int = 0
     cost_usd: float | None = None  # the sum of the known costs; None when none is known
     unpriced: int = 0  # rows whose cost is unknown (so cost_usd is a partial sum)
-    unpriced_models: set[str] = field(default_factory=set)
+    unpriced_models: set[str] = field(default_factory=set)  # of those rows, with no price
+    unknown_usage: int = 0  # billed rows whose usage the server did not say (tokens partial)
     latencies: Latencies = field(default_factory=Latencies)  # ok rows really sent
     scored: int = 0  # rows with a non-empty reference (accuracy)
     correct: int = 0
@@ -148,6 +149,7 @@ class Totals:
             self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
         self.unpriced += other.unpriced
         self.unpriced_models |= other.unpriced_models
+        self.unknown_usage += other.unknown_usage
         self.latencies += other.latencies
         self.scored += other.scored
         self.correct += other.correct
@@ -184,11 +186,14 @@ def group_totals(
     sums = [c for c in sums if c not in (_TMP + "latency", _TMP + "model")]
     aggregations = [(c, "sum") for c in sums] + [(_TMP + "ok", "count"), (_TMP + "cost", "count")]
     aggregations.append((_TMP + "latency", "list"))
-    if _TMP + "model" in data.column_names:
+    if _TMP + "model" in data.column_names:  # rows without a cost but with tokens: no price
         aggregations.append((_TMP + "unpriced_model", "distinct"))
+        no_price = pc.and_(
+            pc.invert(data[_TMP + "known"].cast(pa.bool_())),
+            pc.invert(data[_TMP + "unknown_usage"].cast(pa.bool_())),
+        )
         data = data.append_column(
-            _TMP + "unpriced_model",
-            pc.if_else(data[_TMP + "known"].cast(pa.bool_()), None, data[_TMP + "model"]),
+            _TMP + "unpriced_model", pc.if_else(no_price, data[_TMP + "model"], None)
         )
     names = list(keys)
     try:
@@ -225,6 +230,7 @@ def group_totals(
                 cost_usd=row[_TMP + "cost_sum"] if row[_TMP + "cost_count"] else None,
                 unpriced=row[_TMP + "ok_count"] - total("known"),
                 unpriced_models=unpriced,
+                unknown_usage=total("unknown_usage"),
                 latencies=Latencies(latencies[~np.isnan(latencies)]),
                 scored=total("scored"),
                 correct=total("correct"),
@@ -257,10 +263,13 @@ def _work_columns(table: pa.Table, reference: str | None, answer: str | None) ->
     """The per-row values the groups sum (and `types`: the error types present)."""
     ok = pc.equal(text(table["status"]), "ok").fill_null(False)
     cost = optional(table, "cost_usd", pa.float64())
+    prompt = optional(table, "prompt_tokens", pa.int64())
+    cached = optional(table, "cached", pa.bool_()).fill_null(False)
     work: dict[str, Any] = {
         "ok": ok.cast(pa.int64()),
         "known": pc.is_valid(cost).cast(pa.int64()),
-        "prompt": optional(table, "prompt_tokens", pa.int64()).fill_null(0),
+        "unknown_usage": pc.and_(pc.is_null(prompt), pc.invert(cached)).cast(pa.int64()),
+        "prompt": prompt.fill_null(0),
         "completion": optional(table, "completion_tokens", pa.int64()).fill_null(0),
         "total": optional(table, "total_tokens", pa.int64()).fill_null(0),
         "cost": cost,

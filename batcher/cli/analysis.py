@@ -66,7 +66,7 @@ def estimate(
             typical_reply_tokens=typical_reply_tokens,
         )
     except BatcherError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError.of(exc) from None
     if as_json:
         click.echo(json.dumps({**figures.to_dict(), "prompt_tokens_counted_by": counted}))
     else:
@@ -101,7 +101,7 @@ def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) 
         table = with_costs(read_results(path), PriceTable.load(prices))
         groups, total = cost_groups(table, columns)
     except BatcherError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError.of(exc) from None
     if as_json:
         click.echo(json.dumps(cost_json(groups, total, columns)))
     elif as_csv:
@@ -159,7 +159,7 @@ def report(
             table, source=str(path), by=columns, reference=reference_column, answer=answer_column
         )
     except BatcherError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError.of(exc) from None
     if html_path is not None:
         try:
             html_path.write_text(render_html(found), encoding="utf-8")
@@ -186,7 +186,7 @@ def status(path: Path, as_json: bool) -> None:
     try:
         found = job_status(path)
     except BatcherError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError.of(exc) from None
     if as_json:
         click.echo(json.dumps(found.to_dict()))
     else:

@@ -10,13 +10,25 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from batcher.errors import BatcherError, StorageError
 from batcher.spec import CHOICES, DEFAULTS, keep_columns
+
+EXIT_USAGE = 2  # bad options or input, found before anything was sent
+EXIT_STORAGE = 74  # results or the output could not be written (EX_IOERR)
 
 
 class CliError(click.ClickException):
-    """A one-line error and exit code 2: nothing was sent."""
+    """A one-line error and its exit code: 2 unless said otherwise."""
 
-    exit_code = 2
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    @classmethod
+    def of(cls, error: BatcherError) -> CliError:
+        """The command line's error for one of batcher's."""
+        code = EXIT_STORAGE if isinstance(error, StorageError) else EXIT_USAGE
+        return cls(str(error), code)
 
 
 def parse_param(value: str) -> tuple[str, Any]:
@@ -132,6 +144,12 @@ JOB_OPTIONS = [
         help="Input columns to keep: all, none or a,b,c.",
     ),
     click.option(
+        "--body-columns",
+        metavar="A,B",
+        help="Row columns sent as body keys of the same name: a row's own model, "
+        "temperature, ... (any other column is never sent).",
+    ),
+    click.option(
         "--on-bad-row",
         type=click.Choice(CHOICES["on_bad_row"]),
         default=DEFAULTS["on_bad_row"],
@@ -227,6 +245,8 @@ def spec_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
             given["sweep"] = parse_sweeps(value)
         elif name == "keep_columns":
             given["keep_columns"] = keep_columns(value)
+        elif name == "body_columns":
+            given["body_columns"] = tuple(c.strip() for c in value.split(",") if c.strip())
         else:
             given[name] = value
     options = given

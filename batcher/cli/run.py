@@ -44,7 +44,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
             return
         code = execute(job, quiet)
     except BatcherError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError.of(exc) from None
     sys.exit(code)
 
 
@@ -139,9 +139,9 @@ class ProgressBar:
     def update(self, p: Any) -> None:
         self._bar.total = p.total
         self._bar.n = p.done
-        self._bar.set_postfix(
-            ok=p.ok, err=p.errors, tok=p.prompt_tokens + p.completion_tokens, refresh=False
-        )
+        tokens = p.prompt_tokens + p.completion_tokens
+        extra = {"note": p.note} if p.note else {}
+        self._bar.set_postfix(ok=p.ok, err=p.errors, tok=tokens, **extra, refresh=False)
         self._bar.refresh()
 
     def close(self) -> None:

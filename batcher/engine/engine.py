@@ -18,6 +18,7 @@ A request's way through a run, one concern at a time:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from batcher.engine.retry import RetryPolicy, with_retries
 from batcher.errors import AttemptError
 from batcher.providers import Endpoint
 from batcher.structured.validate import Validators
-from batcher.types import ErrorType, Request, Result, canonical_json
+from batcher.types import ErrorType, Request, Result, Usage, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,10 @@ class EngineSettings:
     tpm: float | None = None
     model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
     stop_after_fatal: int = 20  # job-fatal errors in a row (bad key, no quota) that stop the job
-    max_body_bytes: int = 64 * 1024 * 1024
+    outage_seconds: float = 120.0  # no reply at all for this long (every attempt failing): stop
+    # A reply's size at most; None: 64 MiB, less at high concurrency so that every reply in
+    # flight together stays within 1 GiB (1 MiB each at least).
+    max_body_bytes: int | None = None
     reask: int = 2  # re-asks of a structured reply that is not valid JSON or breaks its schema
 
 
@@ -141,6 +145,7 @@ class EngineRun:
             max_pause=settings.retry.max_wait,
         )
         self._streak = FatalStreak(settings.stop_after_fatal)
+        self._outage = Outage(settings.outage_seconds)
         self._validators = Validators()
         self._pool = Pool(
             self._process, settings.concurrency, stopping=self._stopping, failed=self._fail
@@ -155,6 +160,10 @@ class EngineRun:
     @property
     def in_flight(self) -> int:
         return self._limits.cap.in_flight
+
+    def pause_note(self) -> str | None:
+        """ "paused 42 s: <why>" while a long pause holds new requests back, else None."""
+        return self._limits.pause_note()
 
     @property
     def concurrency(self) -> int:
@@ -186,7 +195,7 @@ class EngineRun:
             session,
             engine.endpoint,
             timeout=self.settings.timeout,
-            max_body_bytes=self.settings.max_body_bytes,
+            max_body_bytes=self.settings.max_body_bytes or reply_cap(self.settings.concurrency),
             session_has_headers=own_session,
         )
         try:
@@ -217,7 +226,7 @@ class EngineRun:
                 if known is not None:
                     return known
         budget = self._budget
-        reserved = 0.0
+        reserved = 0
         if budget is not None:
             amount = await budget.reserve(request)
             if amount is None:
@@ -237,35 +246,41 @@ class EngineRun:
     async def _answer(self, request: Request) -> Result:
         """Send a request to its end (retries, re-asks) and track job-fatal errors."""
         charge = request.est_prompt_tokens + request.completion_bound
-        attempt, made = await self._complete(request, request.payload, charge)
+        billed: list[Usage] = []  # every billed reply of this row: retries and re-asks too
+        attempt, made = await self._complete(request.model, request.payload, charge, billed)
         validator = self._validators.of(request.payload)
         if validator is None or attempt.reply is None:
-            result = to_result(request, attempt, made)
+            result = to_result(request, attempt, made, usage=Usage.total(billed))
         else:
 
             async def complete(body: dict) -> tuple[Attempt, int]:
-                return await self._complete(request, canonical_json(body), charge)
+                return await self._complete(request.model, canonical_json(body), charge, billed)
 
             result = await validated(
-                request, attempt, made, validator, complete, self.settings.reask
+                request, attempt, made, validator, complete, self.settings.reask, billed
             )
         reason = self._streak.track(attempt.error)
         if reason is not None:
             self.stop(reason)
         return result
 
-    async def _complete(self, request: Request, payload: bytes, charge: int) -> tuple[Attempt, int]:
-        """One body to its end: the first attempt, then retries while they may help."""
-        first = await self._attempt(request.model, payload, charge)
+    async def _complete(
+        self, model: str, payload: bytes, charge: int, billed: list[Usage]
+    ) -> tuple[Attempt, int]:
+        """One body to its end: the first attempt, then retries while they may help. What
+        each attempt was billed goes to `billed`."""
+        first = await self._attempt(model, payload, charge, billed)
         if first.error is None:
             return first, 1
 
         async def again() -> Attempt:
-            return await self._attempt(request.model, payload, charge)
+            return await self._attempt(model, payload, charge, billed)
 
         return await with_retries(again, first, self.settings.retry, sleep=self._pool.backoff)
 
-    async def _attempt(self, model: str, payload: bytes, charge: int) -> Attempt:
+    async def _attempt(
+        self, model: str, payload: bytes, charge: int, billed: list[Usage]
+    ) -> Attempt:
         """One HTTP attempt within the limits, which then learn from its reply."""
         limits = self._limits
         limiters = await limits.acquire(model, charge)
@@ -281,7 +296,53 @@ class EngineRun:
         finally:
             limits.cap.release()
         limits.learn(limiters, attempt, charge)
+        if (usage := attempt.billed) is not None:
+            billed.append(usage)
+        reason = self._outage.track(attempt)
+        if reason is not None:
+            self.stop(reason)
         return attempt
+
+
+def reply_cap(concurrency: int) -> int:
+    """The largest reply taken at this concurrency: 64 MiB, within 1 GiB for all at once."""
+    return max(MIB, min(64 * MIB, GIB // concurrency))
+
+
+MIB, GIB = 2**20, 2**30
+
+
+class Outage:
+    """Notices a server that answers nothing: when every attempt for `seconds` (and at
+    least `attempts` of them) failed to get any HTTP reply or got a 5xx, the run should stop
+    and say so, as for a bad key; a rerun resumes once the server is back."""
+
+    def __init__(self, seconds: float, attempts: int = 20) -> None:
+        self.seconds = seconds
+        self.attempts = attempts
+        self.failures = 0
+        self.since: float | None = None  # when the failures began
+
+    def track(self, attempt: Attempt) -> str | None:
+        error = attempt.error
+        down = error is not None and (
+            error.error_type in ("connection_error", "timeout") or (error.http_status or 0) >= 500
+        )
+        if not down:
+            self.failures, self.since = 0, None
+            return None
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+        self.failures += 1
+        if self.failures < self.attempts or now - self.since < self.seconds:
+            return None
+        assert error is not None
+        return (
+            f"the server gave no usable reply for {now - self.since:.0f} s "
+            f"({self.failures} attempts in a row failed, the last: {error.message}); "
+            "run the same command again once it is back"
+        )
 
 
 class FatalStreak:

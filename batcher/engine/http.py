@@ -21,7 +21,7 @@ from batcher.engine.replies import parse_reply, too_large
 from batcher.engine.stream import StreamReply
 from batcher.errors import AttemptError, FatalError, RetryableError
 from batcher.providers import Endpoint
-from batcher.types import ErrorType, Reply
+from batcher.types import UNKNOWN_USAGE, ErrorType, Reply, Usage
 
 LARGE_BODY = 1024 * 1024  # bodies above this go to aiohttp as a stream
 _ENCODING = "Content-Encoding"
@@ -37,6 +37,17 @@ class Attempt:
     error: AttemptError | None = None
     headers: Mapping[str, str] | None = None
     ttft_s: float | None = None  # streamed replies: time to the first token
+
+    @property
+    def billed(self) -> Usage | None:
+        """What this attempt was billed: a reply's usage; for an answer that was rejected,
+        the usage its body stated, else unknown when it came with a 200 (the server made
+        it) and nothing for any other failure (None)."""
+        if self.reply is not None:
+            return self.reply.usage
+        if self.error is not None and self.error.usage is not None:
+            return self.error.usage
+        return UNKNOWN_USAGE if self.http_status == 200 else None
 
 
 class Client:
@@ -178,3 +189,26 @@ def new_session(
     request (cheaper as the session's defaults than merged into each request)."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, headers=headers, raise_for_status=False)
+
+
+def fit_open_files(concurrency: int, *, per_request: int = 1, reserve: int = 64) -> int:
+    """Raise this process's soft limit of open files towards its hard limit, as far as
+    `concurrency` connections (`per_request` descriptors each) and `reserve` others need;
+    the concurrency that fits what the limit then is."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return concurrency
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = concurrency * per_request + reserve
+    if soft != infinity and soft < need:
+        target = need if hard == infinity else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == infinity or soft >= need:
+        return concurrency
+    return max(1, (soft - reserve) // per_request)

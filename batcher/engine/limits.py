@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 from collections import deque
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from batcher.engine.http import Attempt
 
 __all__ = ["ConcurrencyLimit", "Limits", "RateLimiter", "parse_duration"]
+
+log = logging.getLogger(__name__)
 
 _NEVER = float("-inf")
 _EPSILON = 1e-9  # seconds: a start this close counts as due (float rounding, timer slop)
@@ -192,10 +195,11 @@ class RateLimiter:
             self._floor = max(self._floor, until)
             self._limited = True
 
-    def observe(self, headers: Mapping[str, str], in_flight: int = 0) -> None:
-        """Pause before the server would answer 429, from OpenAI-style headers.
+    def observe(self, headers: Mapping[str, str], in_flight: int = 0) -> tuple[float, str]:
+        """How long to pause before the server would answer 429, from OpenAI-style headers,
+        and why (0 and "" when there is no need).
 
-        Pauses until `x-ratelimit-reset-requests` when `x-ratelimit-remaining-requests` <=
+        Until `x-ratelimit-reset-requests` when `x-ratelimit-remaining-requests` <=
         `in_flight` (the requests already sent will use them up), and until
         `x-ratelimit-reset-tokens` when `x-ratelimit-remaining-tokens` is below
         `(in_flight + 1)` mean charges (those in flight plus the next one). `headers` must
@@ -205,16 +209,22 @@ class RateLimiter:
         requests = headers.get("x-ratelimit-remaining-requests")
         tokens = headers.get("x-ratelimit-remaining-tokens")
         if requests is None and tokens is None:  # most servers: nothing to learn
-            return
-        wait = 0.0
+            return 0.0, ""
+        wait, why = 0.0, ""
         remaining = _number(requests)
         if remaining is not None and remaining <= in_flight:
             wait = _reset(headers.get("x-ratelimit-reset-requests")) or 0.0
+            why = f"x-ratelimit-remaining-requests is {requests}" if wait > 0 else ""
         remaining = _number(tokens)
         if remaining is not None and remaining < max(1.0, (in_flight + 1) * self._avg_tokens):
-            wait = max(wait, _reset(headers.get("x-ratelimit-reset-tokens")) or 0.0)
-        if wait > 0:
-            self.pause(wait)
+            reset = _reset(headers.get("x-ratelimit-reset-tokens")) or 0.0
+            if reset > wait:
+                wait, why = reset, f"x-ratelimit-remaining-tokens is {tokens}"
+        return wait, why
+
+    def now(self) -> float:
+        """The limiter's clock."""
+        return self._now()
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -371,7 +381,13 @@ class ConcurrencyLimit:
 
 class Limits:
     """The limits of one run: requests and tokens per minute for the whole endpoint and per
-    model, and the adaptive in-flight cap, all fed back from every reply (`learn`)."""
+    model, and the adaptive in-flight cap, all fed back from every reply (`learn`).
+
+    A pause (a 429's retry-after, rate-limit headers saying the budget is used up) lasts
+    `max_pause` at most, and one of more than `NOTE` seconds is said on the log and in
+    `pause_note` (the progress bar shows it)."""
+
+    NOTE = 5.0  # seconds: a pause longer than this is said
 
     def __init__(
         self,
@@ -384,6 +400,7 @@ class Limits:
     ) -> None:
         self.endpoint = RateLimiter(rpm, tpm)
         self.cap = ConcurrencyLimit(concurrency)
+        self.pause_reason = ""
         self._max_pause = max_pause
         self._own = {m: RateLimiter(r, t) for m, (r, t) in (model_limits or {}).items()}
         self._for: dict[str, list[RateLimiter]] = {}
@@ -416,7 +433,9 @@ class Limits:
         error, reply = attempt.error, attempt.reply
         for limiter in limiters:
             if attempt.headers is not None:
-                limiter.observe(attempt.headers, self.cap.in_flight)
+                wait, why = limiter.observe(attempt.headers, self.cap.in_flight)
+                if wait > 0:
+                    self.pause(limiter, wait, why)
             if reply is not None:
                 limiter.settle(charge, reply.usage.total_tokens or charge)
             elif error is not None and error.error_type == "rate_limited":
@@ -426,5 +445,21 @@ class Limits:
         elif error is not None and error.concurrency:
             self.cap.shrink()
         elif error is not None and error.error_type == "rate_limited":
-            wait = error.retry_after if error.retry_after is not None else 1.0
-            self.endpoint.pause(min(wait, self._max_pause))
+            if error.retry_after is not None:
+                self.pause(self.endpoint, error.retry_after, "a 429 said retry-after")
+            else:
+                self.pause(self.endpoint, 1.0, "a 429 without retry-after")
+
+    def pause(self, limiter: RateLimiter, seconds: float, why: str) -> None:
+        """Pause new requests through `limiter` (at most `max_pause`); say a long pause."""
+        seconds = min(seconds, self._max_pause)
+        longer = limiter.paused_until < limiter.now() + seconds - 1.0
+        limiter.pause(seconds)
+        if seconds > self.NOTE and longer:
+            self.pause_reason = why
+            log.warning("pausing new requests for %.0f s: %s", seconds, why)
+
+    def pause_note(self) -> str | None:
+        """ "paused 42 s: <why>" while a long pause is in force, else None."""
+        left = self.endpoint.paused_until - self.endpoint.now()
+        return f"paused {left:.0f} s: {self.pause_reason}" if left > self.NOTE else None

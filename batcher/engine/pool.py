@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from batcher.types import Request, Result
 
 _END = object()  # the request stream is exhausted
+WAITING_PER_SLOT = 4  # requests that may wait to retry at once, per concurrency slot
 
 Process = Callable[[Request], Awaitable["Result | None"]]
 
@@ -40,6 +41,7 @@ class Pool:
         self._tasks: list[asyncio.Future[None]] = []
         self._surplus = 0  # workers to retire: requests that backed off are back
         self._live = 0
+        self._waiting = 0  # requests backing off that a stand-in took over from
         self._take: Callable[[], Awaitable[Request | None]] | None = None
 
     async def batches(
@@ -58,14 +60,18 @@ class Pool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def backoff(self, seconds: float) -> None:
-        """Sleep before a retry holding no worker: a stand-in takes new requests meanwhile."""
-        if self._stopping():
+        """Sleep before a retry holding no worker: a stand-in takes new requests meanwhile.
+        At most 4 x `concurrency` requests wait so at once; past that a request waits in its
+        worker (when every request fails, the input is not pulled in, a request at a time)."""
+        if self._stopping() or self._waiting >= WAITING_PER_SLOT * self._concurrency:
             await asyncio.sleep(seconds)
             return
+        self._waiting += 1
         self._spawn()
         try:
             await asyncio.sleep(seconds)
         finally:
+            self._waiting -= 1
             self._surplus += 1  # the next worker to finish a request leaves
 
     def _spawn(self) -> None:

@@ -23,17 +23,18 @@ async def validated(
     validator: ReplyValidator,
     complete: Complete,
     reasks: int,
+    billed: list[Usage],
 ) -> Result:
     """The row of a structured request whose first reply is `attempt` (`made` attempts so
-    far): valid, re-asked up to `reasks` times, or `invalid_output` with the last reply."""
+    far): valid, re-asked up to `reasks` times, or `invalid_output` with the last reply.
+    `complete` adds what each re-ask was billed to `billed`, the row's usage."""
     body = request.body
     messages = list(body["messages"])
-    usage = Usage()
     asked = 0
     while True:
         reply = attempt.reply
         assert reply is not None
-        usage = usage + reply.usage
+        usage = Usage.total(billed)
         check = validator.check(reply.content, reply.finish_reason)
         if check.problem is None:
             return to_result(request, attempt, made, usage=usage, reasks=asked, parsed=check.value)
@@ -49,7 +50,7 @@ async def validated(
         retry, more = await complete({**body, "messages": messages})
         made += more
         if retry.reply is None:  # the re-ask itself failed: the row ends in that error
-            return to_result(request, retry, made, usage=usage, reasks=asked)
+            return to_result(request, retry, made, usage=Usage.total(billed), reasks=asked)
         attempt = retry
 
 

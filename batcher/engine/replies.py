@@ -8,6 +8,8 @@ streamed reply). Raw provider JSON is read here and there only; the HTTP boundar
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -16,7 +18,9 @@ from typing import Any
 import orjson
 
 from batcher.errors import AttemptError, FatalError, RetryableError
-from batcher.types import JOB_FATAL, ErrorType, Reply, Usage
+from batcher.types import JOB_FATAL, UNKNOWN_USAGE, ErrorType, Reply, Usage
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 500  # characters of a server's error message kept in error_message
 
@@ -63,7 +67,10 @@ def too_large(cap: int) -> AttemptError:
 
 
 def parse_reply(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
-    """A `Reply` from a 200, else raise the `AttemptError` the status and body call for."""
+    """A `Reply` from a 200, else raise the `AttemptError` the status and body call for.
+
+    A 200 that is rejected (no choices, invalid UTF-8) was billed all the same: its error
+    carries the usage the body states, or unknown usage."""
     if status != 200:
         raise status_error(status, headers, body)
     if not body:
@@ -71,14 +78,32 @@ def parse_reply(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RetryableError(
+        error = RetryableError(
             ErrorType.BAD_RESPONSE, f"reply is not valid JSON: {exc.msg}", http_status=status
-        ) from None
+        )
+        raise _billed(error, _lenient(body)) from None
     if not isinstance(data, dict) or "choices" not in data:
         if error_payload(data) is not None:  # some gateways answer 200 with an error body
             raise status_error(status, headers, body, data)
-        raise RetryableError(ErrorType.BAD_RESPONSE, "reply has no 'choices'", http_status=status)
-    return completion(data, status)
+        error = RetryableError(ErrorType.BAD_RESPONSE, "reply has no 'choices'", http_status=status)
+        raise _billed(error, data)
+    try:
+        return completion(data, status)
+    except AttemptError as error:
+        raise _billed(error, data) from None
+
+
+def _lenient(body: bytes) -> Any:
+    """A body that orjson refused, read leniently (bad UTF-8 replaced), for its usage alone."""
+    try:
+        return orjson.loads(body.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _billed(error: AttemptError, data: Any) -> AttemptError:
+    error.usage = usage_of(data) if isinstance(data, dict) else UNKNOWN_USAGE
+    return error
 
 
 def completion(data: dict[str, Any], status: int) -> Reply:
@@ -106,18 +131,28 @@ def completion(data: dict[str, Any], status: int) -> Reply:
 
 
 def usage_of(data: dict[str, Any]) -> Usage:
-    """Usage from `usage`, or Octen's `meta.usage`; mistyped counts become 0."""
+    """The usage of a billed reply: `usage`, or Octen's `meta.usage`. Counts it does not
+    state, or states as nonsense (text, NaN, negative, past 2**53), are unknown (None); so
+    is a negative or non-numeric `cost`. Nonsense is warned of once per field."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         meta = data.get("meta")
         usage = meta.get("usage") if isinstance(meta, dict) else None
     if not isinstance(usage, dict):
-        return Usage()
-    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion_ = count(usage.get("completion_tokens", usage.get("output_tokens")))
-    total = count(usage.get("total_tokens")) or prompt + completion_
+        return UNKNOWN_USAGE
+    prompt = count(usage, "prompt_tokens", "input_tokens")
+    completion_ = count(usage, "completion_tokens", "output_tokens")
+    total = count(usage, "total_tokens")
+    if total is None and prompt is not None and completion_ is not None:
+        total = prompt + completion_
     cost = usage.get("cost")
-    cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+    if cost is not None:
+        ok = isinstance(cost, (int, float)) and not isinstance(cost, bool)
+        if ok and math.isfinite(cost) and cost >= 0:
+            cost = float(cost)
+        else:
+            _nonsense("cost", cost)
+            cost = None
     return Usage(prompt, completion_, total, cost)
 
 
@@ -275,12 +310,29 @@ def unix_seconds(value: Any) -> int | None:
     return seconds if seconds is not None and 0 <= seconds < 10**11 else None
 
 
-def count(value: Any) -> int:
-    """A token count; mistyped, negative or absurd (past 2**53) counts become 0."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, float) and value == value and abs(value) < MAX_COUNT:
+def count(usage: dict[str, Any], *names: str) -> int | None:
+    """A token count under the first of `names` present; None when absent or nonsense."""
+    for name in names:
+        if name in usage:
+            value = usage[name]
+            break
+    else:
+        return None
+    if isinstance(value, float) and value.is_integer() and 0 <= value < MAX_COUNT:
         value = int(value)
-    if isinstance(value, int) and 0 <= value < MAX_COUNT:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
         return value
-    return 0
+    if value is not None:
+        _nonsense(name, value)
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def _nonsense(name: str, value: Any) -> None:
+    """Warn, once per field, of a usage value that is not a count (it is taken as unknown)."""
+    if name not in _WARNED:
+        _WARNED.add(name)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        log.warning("a reply's usage.%s is %s, not a count: taken as unknown", name, shown)

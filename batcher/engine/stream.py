@@ -25,7 +25,7 @@ from batcher.engine.replies import (
     warning_of,
 )
 from batcher.errors import FatalError, RetryableError
-from batcher.types import ErrorType, Reply, Usage
+from batcher.types import UNKNOWN_USAGE, ErrorType, Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class StreamReply:
         self.refusal: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
         self.finish: Any = None
-        self.usage = Usage()
+        self.usage = UNKNOWN_USAGE  # until a usage chunk says
         self.id: Any = None
         self.model: Any = None
         self.created: Any = None

@@ -10,6 +10,7 @@ temporary file and an atomic rename. Memory stays at a window or two.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batcher.errors import show_path
 from batcher.io import spool
+from batcher.io.check import Fingerprint
 from batcher.io.columns import OUTPUT_SCHEMA, PART_SCHEMA, STRUCTURED_SCHEMA, Layout
 from batcher.io.inputs import read_batches, rows_table
 from batcher.io.jobdir import JobDir, fsync_dir, fsync_file
@@ -235,10 +238,14 @@ def assemble(
     row_ranges: Mapping[str, tuple[int, int]],
     finish: Callable[[pa.Table], pa.Table],
     metadata: Callable[[], dict[str, bytes]],
+    fingerprint: Fingerprint | None = None,
 ) -> None:
     """Write OUT: the spool's requests window by window, with their results, the input's
     `keep` columns (read again from `source`, whose inferred `schema` the checking pass
-    found) and whatever `finish` adds to each window (costs, counts)."""
+    found) and whatever `finish` adds to each window (costs, counts).
+
+    The input read again must be the one the checking pass read (its `fingerprint`):
+    otherwise OUT is not written, and `InputError` says the file changed."""
     assembler = Assembler(
         job_dir,
         layout,
@@ -257,10 +264,16 @@ def assemble(
                     requests = windows.take(start, stop)
                     yield finish(assembler.table(requests, start, stop, None))
                 return
-            for batch in read_batches(source, limit=limit):
+            shown = show_path(source)
+            if fingerprint is not None and not fingerprint.same_file(Fingerprint.stat(source)):
+                raise fingerprint.changed(shown)
+            digest = hashlib.blake2b(digest_size=16)
+            for batch in read_batches(source, limit=limit, digest=digest):
                 start, stop = batch.start, batch.start + len(batch.rows)
                 inputs = rows_table(batch, schema).select(keep)
                 yield finish(assembler.table(windows.take(start, stop), start, stop, inputs))
+            if fingerprint is not None and digest.hexdigest() != fingerprint.digest:
+                raise fingerprint.changed(shown)  # before OUT is renamed into place
         finally:
             windows.close()
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batcher.errors import InputError, quote, show_path
+from batcher.errors import InputError, os_problem, quote, show_path
 from batcher.io.inputs import RowBatch, SchemaBuilder, read_batches
 from batcher.io.resume import DoneIndex
 from batcher.io.rows import RequestBuilder, RequestSpec, row_id_of
@@ -40,6 +40,30 @@ class ModelCount:
 
 
 @dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the input was when the checking pass read it: a later read must match."""
+
+    size: int
+    mtime_ns: int
+    digest: str  # BLAKE2b of every byte the rows came from
+
+    @classmethod
+    def stat(cls, path: str | os.PathLike[str], digest: str = "") -> Fingerprint:
+        info = os.stat(path)
+        return cls(info.st_size, info.st_mtime_ns, digest)
+
+    def same_file(self, other: Fingerprint) -> bool:
+        return (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
+
+    def changed(self, source: str) -> InputError:
+        return InputError(
+            f"{source}: changed while the job ran, so its rows are no longer the rows that "
+            "were sent; restore it and run the same command again to write the output, or "
+            "use --fresh to start over"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class InputScan:
     """What the checking pass found: counts, estimates and the input's column schema."""
 
@@ -52,6 +76,7 @@ class InputScan:
     schema: pa.Schema
     columns: tuple[str, ...]
     done: int = 0  # requests whose earlier result stands (not sent again)
+    fingerprint: Fingerprint | None = None
 
     def schema_of(self, names: list[str]) -> pa.Schema:
         """The inferred schema of these input columns."""
@@ -71,26 +96,33 @@ def check_input(
     earlier: DoneIndex | None = None,
     retry_errors: bool = False,
     sink: RequestSink | None = None,
+    tpm: Callable[[str], float | None] | None = None,
 ) -> InputScan:
     """Read and check every row, build its requests and hand them to `sink`.
 
     Raises `InputError` for a bad row (unless on_bad_row="skip"), duplicate ids and every
     file-level problem, and `UsageError` when an earlier result was made from a different
     row or settings. A request counts as done when `earlier` holds its result (an ok one,
-    or an error unless `retry_errors` or the error is one every request met)."""
+    or an error unless `retry_errors` or the error is one every request met). With `tpm`
+    (a model's tokens-per-minute limit), a request that needs more than a minute's tokens
+    is an `InputError`: it could never be sent."""
     source = show_path(path)
     builder = RequestBuilder(spec, source)
     schema = SchemaBuilder()
     tally = _Tally()
     ids = array("q")
     done = 0
-    for batch in read_batches(path, limit=limit):
+    before = _stat(path, source)
+    digest = hashlib.blake2b(digest_size=16)
+    for batch in read_batches(path, limit=limit, digest=digest):
         schema.add(batch)
         requests: list[Request] = []
         for i in range(len(batch.rows)):
             row = builder.requests(batch, i)
             if row[0].bad_input is not None and spec.on_bad_row == "error":
                 raise InputError(row[0].bad_input)
+            if tpm is not None and row[0].bad_input is None:
+                _check_tpm(row, tpm, f"{source}: {batch.where(i)}")
             tally.add(row)
             requests += row
         ids.extend(id_hash(row_id) for row_id in builder.ids)
@@ -102,6 +134,11 @@ def check_input(
             todo = [True] * len(requests)
         if sink is not None:
             sink(batch, requests, todo)
+    if earlier is not None and earlier.not_asked():
+        raise earlier.dropping()
+    after = _stat(path, source)
+    if not before.same_file(after):
+        raise InputError(f"{source}: changed while it was being read; run again once it is whole")
     _check_duplicates(ids, lambda: _ids(spec, path, limit), source)
     found = schema.schema()
     return InputScan(
@@ -114,7 +151,27 @@ def check_input(
         schema=found,
         columns=tuple(found.names),
         done=done,
+        fingerprint=Fingerprint(before.size, before.mtime_ns, digest.hexdigest()),
     )
+
+
+def _stat(path: str | os.PathLike[str], source: str) -> Fingerprint:
+    try:
+        return Fingerprint.stat(path)
+    except OSError as exc:
+        raise InputError(f"{source}: {os_problem(exc)}") from None
+
+
+def _check_tpm(requests: list[Request], tpm: Callable[[str], float | None], where: str) -> None:
+    for request in requests:
+        limit = tpm(request.model)
+        charge = request.est_prompt_tokens + request.completion_bound
+        if limit is not None and charge > limit:
+            raise InputError(
+                f"{where}: the request needs ~{charge} tokens (~{request.est_prompt_tokens} "
+                f"in, up to {request.completion_bound} out), more than the {limit:g} tokens a "
+                "minute --tpm allows: it could never be sent; raise --tpm or lower --max-tokens"
+            )
 
 
 def id_hash(row_id: str) -> int:
@@ -124,15 +181,17 @@ def id_hash(row_id: str) -> int:
 
 
 def _ids(spec: RequestSpec, path: str | os.PathLike[str], limit: int | None) -> Iterator[Any]:
-    """(id, where) of every row whose id was found, in input order."""
+    """(id, where) of every row, in input order (a row whose id cannot be read: "(line 7)",
+    as the builder names it)."""
     for batch in read_batches(path, limit=limit):
         for i, row in enumerate(batch.rows):
-            if i in batch.bad:
-                continue
+            where = batch.where(i)
             try:
-                yield row_id_of(row, batch.start + i, spec.id_column), batch.where(i)
+                if i in batch.bad:
+                    raise RowProblem(batch.bad[i])
+                yield row_id_of(row, batch.start + i, spec.id_column), where
             except RowProblem:
-                continue
+                yield f"({where})", where
 
 
 def _check_duplicates(hashes: array, rescan: Callable[[], Iterator[Any]], source: str) -> None:

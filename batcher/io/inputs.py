@@ -34,6 +34,7 @@ from batcher.errors import InputError, json_kind, one_line, os_problem, quote, s
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # a JSONL/CSV batch ends after about this much text
 READ_BUFFER = 1 << 20
+MAX_LINE = 64 << 20  # the longest JSONL/CSV line read (a 10 MB prompt is fine)
 BOM = b"\xef\xbb\xbf"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -75,13 +76,16 @@ def read_batches(
     limit: int | None = None,
     batch_rows: int = 4096,
     errors: str = "row",
+    digest: Any = None,
 ) -> Iterator[RowBatch]:
     """Yield the data rows of `path` in batches, the first `limit` rows only if given.
 
     A row that cannot be read (malformed JSON, not an object, invalid UTF-8, too many CSV
     fields) raises `InputError` under errors="raise"; under errors="row" (the default) it
     comes through as an empty row with its message in `RowBatch.bad`, for the caller to
-    decide. File-level problems always raise; so does a file with no data rows.
+    decide. File-level problems always raise; so does a file with no data rows, and a line
+    longer than `MAX_LINE`. `digest` (a hashlib object) is fed every byte the rows came from
+    (the whole file for Parquet): two reads of an unchanged file give the same digest.
     """
     if errors not in ("raise", "row"):
         raise ValueError(f"errors must be 'raise' or 'row', got {errors!r}")
@@ -94,9 +98,13 @@ def read_batches(
     with _open(path, source) as f:
         try:
             if kind == "parquet":
+                if digest is not None:
+                    _digest_all(f, digest)
                 batches = _parquet_batches(f, source, batch_rows, limit)
             else:
-                records = _jsonl_records(f, source) if kind == "jsonl" else _csv_records(f, source)
+                lines = _lines(f, source, digest)
+                read = _jsonl_records if kind == "jsonl" else _csv_records
+                records = read(lines, source)
                 batches = _batched(records, kind, batch_rows, limit, errors == "raise")
             empty = True
             for batch in batches:
@@ -113,6 +121,26 @@ def _open(path: str | os.PathLike[str], source: str) -> IO[bytes]:
         return open(path, "rb", buffering=READ_BUFFER)
     except (OSError, ValueError) as exc:
         raise InputError(f"{source}: {os_problem(exc)}") from None
+
+
+def _lines(f: IO[bytes], source: str, digest: Any) -> Iterator[bytes]:
+    """The lines of a text file as read, each at most MAX_LINE bytes, fed to `digest`."""
+    n = 0
+    while raw := f.readline(MAX_LINE + 1):
+        n += 1
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            raise InputError(
+                f"{source}: line {n}: longer than {MAX_LINE >> 20} MiB, the most one line may hold"
+            )
+        if digest is not None:
+            digest.update(raw)
+        yield raw
+
+
+def _digest_all(f: IO[bytes], digest: Any) -> None:
+    while chunk := f.read(READ_BUFFER):
+        digest.update(chunk)
+    f.seek(0)
 
 
 def _batched(
@@ -146,8 +174,8 @@ def _batched(
 # --- JSONL ------------------------------------------------------------------------------
 
 
-def _jsonl_records(f: IO[bytes], source: str) -> Iterator[Record]:
-    for n, raw in enumerate(f, 1):
+def _jsonl_records(lines: Iterable[bytes], source: str) -> Iterator[Record]:
+    for n, raw in enumerate(lines, 1):
         if n == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         if not raw or raw.isspace():
@@ -178,11 +206,11 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
 # --- CSV --------------------------------------------------------------------------------
 
 
-def _csv_records(f: IO[bytes], source: str) -> Iterator[Record]:
+def _csv_records(lines: Iterable[bytes], source: str) -> Iterator[Record]:
     """Records of a CSV file with a header; values are strings, missing fields None."""
     _raise_field_limit()
     flagged: dict[int, str] = {}  # line -> problem, for the lines of the current record
-    reader = csv.reader(_csv_lines(f, flagged))
+    reader = csv.reader(_csv_lines(lines, flagged))
     header: list[str] | None = None
     end = 0
     while True:
@@ -216,10 +244,10 @@ def _csv_records(f: IO[bytes], source: str) -> Iterator[Record]:
         yield first, row, None, size
 
 
-def _csv_lines(f: IO[bytes], flagged: dict[int, str]) -> Iterator[str]:
+def _csv_lines(lines: Iterable[bytes], flagged: dict[int, str]) -> Iterator[str]:
     """Decoded lines (CRLF, LF or CR), each checked on its own so a problem has its line."""
     n = 0
-    for raw in f:
+    for raw in lines:
         if n == 0 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         body = raw[:-2] if raw.endswith(b"\r\n") else raw

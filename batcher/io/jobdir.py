@@ -18,16 +18,13 @@ so a kill during the removal never leaves a half-deleted folder that looks like 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import fcntl
 import json
 import logging
 import os
 import shutil
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batcher.errors import UsageError
-from batcher.io.columns import KEY_NAMES, PART_SCHEMA, results_table
-from batcher.types import Result
+from batcher.io.columns import KEY_NAMES, PART_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +164,22 @@ class JobDir:
                 if not names >= REQUIRED:
                     raise ValueError("missing columns")
             except (OSError, ValueError, pa.ArrowException) as exc:
-                path.replace(path.with_name(f"{DAMAGED}{path.name}"))
-                log.warning("%s is damaged (%s); its results will be sent again", path.name, exc)
+                self.set_aside(path, exc)
                 continue
             good.append(path)
         return good
 
+    def set_aside(self, path: Path, problem: BaseException) -> None:
+        """Rename a damaged part hidden; its results are sent again."""
+        path.replace(path.with_name(f"{DAMAGED}{path.name}"))
+        log.warning("%s is damaged (%s); its results will be sent again", path.name, problem)
+
     def next_part_number(self) -> int:
         numbers = [int(p.stem.split("-")[1]) for p in self.parts()]
         return max(numbers, default=-1) + 1
+
+    def part_path(self, number: int) -> Path:
+        return self.path / f"part-{number:06d}.parquet"
 
     def results(self, columns: list[str] | None = None) -> pa.Table:
         """The newest result of every key (`columns` and the key), from the parts that read
@@ -187,12 +190,24 @@ class JobDir:
             try:
                 table = pq.ParquetFile(path).read(columns=names)
             except (OSError, ValueError, pa.ArrowException):
-                continue
-            tables.append(table)
+                continue  # being written, replaced or damaged: the job itself deals with it
+            try:
+                if not set(table.column_names) >= REQUIRED & set(names or REQUIRED):
+                    raise ValueError("missing columns")
+                tables.append(_conform(table))
+            except (ValueError, pa.ArrowException):
+                log.warning("%s is not one of this job's parts; left out", path.name)
         if not tables:
             empty = PART_SCHEMA.empty_table()
             return empty if names is None else empty.select(names)
         return newest_per_key(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A part's columns cast to the part schema's types (an older layout's part reads)."""
+    known = set(PART_SCHEMA.names)
+    fields = [PART_SCHEMA.field(n) if n in known else table.field(n) for n in table.column_names]
+    return table.cast(pa.schema(fields))
 
 
 def newest_per_key(table: pa.Table) -> pa.Table:
@@ -220,97 +235,6 @@ def read_results(path: Path) -> pa.Table:
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise UsageError(f"{path}: not a readable Parquet file: {exc}") from None
     raise UsageError(f"{path}: no such output or job directory")
-
-
-class PartWriter:
-    """Results made durable as parts, at least every `flush_rows` results or `flush_seconds`.
-
-    Parts are written by one thread of the writer's own, in order, while results keep coming;
-    a batch handed to it is written even when the job is cancelled meanwhile (a second
-    Ctrl-C). `on_flush` sees each batch as it is handed over. Use it as `async with`: leaving
-    waits for every write, writes the rest and raises the first write that failed."""
-
-    def __init__(
-        self,
-        job_dir: JobDir,
-        *,
-        flush_rows: int,
-        flush_seconds: float,
-        on_flush: Callable[[list[Result]], None] | None = None,
-    ) -> None:
-        self.job_dir = job_dir
-        self.flush_rows = flush_rows
-        self.flush_seconds = flush_seconds
-        self.on_flush = on_flush
-        self.row_ranges: dict[str, tuple[int, int]] = {}  # part name -> lowest, highest _row
-        self._next = job_dir.next_part_number()
-        self._buffer: list[Result] = []
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batcher-parts")
-        self._writes: deque[asyncio.Future[None]] = deque()
-        self._last_flush = 0.0
-        self._ticker: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> PartWriter:
-        self._last_flush = asyncio.get_running_loop().time()
-        self._ticker = asyncio.ensure_future(self._tick())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._ticker is not None
-        self._ticker.cancel()
-        try:  # a second Ctrl-C stops these waits, not the writes
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            outcomes = await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
-        finally:
-            self._thread.shutdown(wait=True)  # every batch handed over is on disk
-            taken = self._take()
-            if taken is not None:  # synchronously: a second Ctrl-C cannot cut it short
-                self._write(*taken)
-        failed = [r for r in outcomes if isinstance(r, BaseException)]
-        if failed:
-            raise failed[0]
-
-    async def add(self, results: list[Result]) -> None:
-        self._buffer.extend(results)
-        if len(self._buffer) >= self.flush_rows:
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Hand the buffered results to the thread; wait only when two writes are queued."""
-        loop = asyncio.get_running_loop()
-        self._last_flush = loop.time()
-        taken = self._take()
-        if taken is None:
-            return
-        writes = self._writes
-        while writes and writes[0].done():
-            writes.popleft().result()  # a failed write stops the job here
-        writes.append(loop.run_in_executor(self._thread, self._write, *taken))
-        if len(writes) > 2:
-            await asyncio.shield(asyncio.wait([writes[0]]))
-
-    async def _tick(self) -> None:
-        """Flush on time even while no result arrives (a slow or hung request)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(max(0.0, self._last_flush + self.flush_seconds - loop.time()))
-            if loop.time() - self._last_flush >= self.flush_seconds:
-                await self.flush()
-
-    def _take(self) -> tuple[list[Result], Path] | None:
-        if not self._buffer:
-            return None
-        batch, self._buffer = self._buffer, []
-        if self.on_flush is not None:
-            self.on_flush(batch)
-        path = self.job_dir.path / f"part-{self._next:06d}.parquet"
-        self._next += 1
-        return batch, path
-
-    def _write(self, batch: list[Result], path: Path) -> None:
-        write_atomic(results_table(batch), path)
-        rows = [r.row_index for r in batch]
-        self.row_ranges[path.name] = (min(rows), max(rows))
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:

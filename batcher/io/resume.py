@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +62,37 @@ class DoneIndex:
     ok: np.ndarray
     redo: np.ndarray  # errors every request met (a bad key): sent again once it is fixed
     source: str = ""  # where the results are (the job folder or OUT), for messages
+    asked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # by this run
+
+    def __post_init__(self) -> None:
+        if len(self.asked) != len(self.keys):
+            object.__setattr__(self, "asked", np.zeros(len(self.keys), dtype=bool))
 
     @classmethod
     def empty(cls) -> DoneIndex:
         none = np.zeros(0, dtype=np.int64)
         return cls(none, none, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
 
+    def not_asked(self) -> int:
+        """Earlier results that no request of this run has looked up (so far)."""
+        return len(self.keys) - int(self.asked.sum())
+
+    def dropping(self) -> UsageError:
+        """The error for a run that would leave earlier results out of OUT."""
+        return UsageError(
+            f"{self.source}: holds {self.not_asked()} earlier results that this run does not "
+            "ask for (a smaller --limit, fewer models, samples or sweep values); run the "
+            "command that made them to finish the job, or add --fresh to start over without "
+            "them"
+        )
+
     @classmethod
     def build(cls, tables: Iterable[pa.Table]) -> DoneIndex:
         """From part tables in write order: a key written twice keeps its newest result."""
-        keys: list[int] = []
-        prints: list[int] = []
-        oks: list[bool] = []
-        redo: list[bool] = []
+        chunks: list[tuple[np.ndarray, ...]] = []  # numpy per part: 18 bytes a result
         for table in tables:
             cols = [table.column(n).to_pylist() for n in INDEX_COLUMNS]
+            keys, prints, oks, redo = [], [], [], []
             for row, model, variant, sample, row_id, rhash, status, error_type in zip(*cols):
                 keys.append(digest64(row, model, variant, sample))
                 prints.append(digest64(rhash or "", row_id))
@@ -84,9 +100,17 @@ class DoneIndex:
                 # the rerun after the fix sends it again
                 oks.append(status == "ok")
                 redo.append(error_type in JOB_FATAL)
-        if not keys:
+            chunks.append(
+                (
+                    np.array(keys, dtype=np.int64),
+                    np.array(prints, dtype=np.int64),
+                    np.array(oks, dtype=bool),
+                    np.array(redo, dtype=bool),
+                )
+            )
+        if not chunks or not sum(len(c[0]) for c in chunks):
             return cls.empty()
-        k = np.array(keys, dtype=np.int64)
+        k, all_prints, all_ok, all_redo = (np.concatenate(c) for c in zip(*chunks))
         # newest wins: stable sort on key, then keep the last of each run
         order = np.argsort(k, kind="stable")
         k = k[order]
@@ -95,9 +119,9 @@ class DoneIndex:
         pick = order[last]
         return cls(
             k[last],
-            np.array(prints, dtype=np.int64)[pick],
-            np.array(oks, dtype=bool)[pick],
-            np.array(redo, dtype=bool)[pick],
+            all_prints[pick],
+            all_ok[pick],
+            all_redo[pick],
         )
 
     def __len__(self) -> int:
@@ -117,6 +141,7 @@ class DoneIndex:
         i = self.find(request_key(request))
         if i < 0:
             return False
+        self.asked[i] = True
         if self.prints[i] != request_print(request):
             raise UsageError(
                 f"{self.source}: earlier results were made from a different input or settings "
@@ -128,9 +153,19 @@ class DoneIndex:
 
 
 def load_index(job_dir: JobDir, source: str) -> DoneIndex:
-    """The index of the job folder's healthy parts (damaged ones are set aside)."""
-    tables = (pq.ParquetFile(p).read(columns=INDEX_COLUMNS) for p in job_dir.healthy_parts())
-    return dataclasses.replace(DoneIndex.build(tables), source=source)
+    """The index of the job folder's parts. Each part is read whole, once: one that cannot
+    be (a damaged page behind an intact footer) is set aside, and its results sent again."""
+
+    def tables() -> Iterable[pa.Table]:
+        for path in job_dir.healthy_parts():
+            try:
+                table = pq.ParquetFile(path).read()
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                job_dir.set_aside(path, exc)
+                continue
+            yield table.select(INDEX_COLUMNS)
+
+    return dataclasses.replace(DoneIndex.build(tables()), source=source)
 
 
 def import_output(output: Path, job_dir: Path) -> int:
@@ -171,11 +206,11 @@ def import_output(output: Path, job_dir: Path) -> int:
             "_variant": pa.array(variants, pa.int32()),
             "sample": pa.array(samples, pa.int32()),
         }
-        for field in PART_SCHEMA:
-            if field.name in names:
-                columns.setdefault(field.name, batch.column(field.name).cast(field.type))
+        for f in PART_SCHEMA:
+            if f.name in names:
+                columns.setdefault(f.name, batch.column(f.name).cast(f.type))
             else:
-                columns.setdefault(field.name, pa.nulls(len(ids), field.type))
+                columns.setdefault(f.name, pa.nulls(len(ids), f.type))
         part = pa.Table.from_pydict(columns, schema=PART_SCHEMA)
         sent = pc.invert(pc.fill_null(pc.equal(part.column("error_type"), "not_sent"), False))
         part = part.filter(sent)
@@ -185,8 +220,13 @@ def import_output(output: Path, job_dir: Path) -> int:
 
 
 def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
-    """What earlier runs of this OUT finished: its job folder, else OUT itself (imported into
-    a new job folder); and whether it came from OUT."""
+    """What earlier runs of this OUT finished, and whether it came from OUT itself.
+
+    The job folder, unless OUT was written after its last part (a finished job whose folder
+    was kept, or whose removal was cut short): then OUT, the complete record, is imported
+    into a new job folder instead, as it is when there is no folder."""
+    if job_dir.exists() and _finished_after(job_dir):
+        job_dir.remove()
     imported = False
     if not job_dir.exists() and job_dir.output.exists():
         with job_dir.staging() as staging:  # all of OUT, or nothing: a kill here loses nothing
@@ -195,3 +235,15 @@ def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
         return DoneIndex.empty(), False
     source = job_dir.output if imported else job_dir.path
     return load_index(job_dir, str(source)), imported
+
+
+def _finished_after(job_dir: JobDir) -> bool:
+    """Whether OUT is a batcher output written after every part of the job folder."""
+    try:
+        written = job_dir.output.stat().st_mtime_ns
+        if b"batcher" not in (pq.read_metadata(job_dir.output).metadata or {}):
+            return False
+    except (OSError, pa.ArrowException):
+        return False
+    parts = [p.stat().st_mtime_ns for p in job_dir.parts()]
+    return bool(parts) and written >= max(parts)

@@ -31,15 +31,7 @@ from batcher.io.inputs import RowBatch, compact_json
 from batcher.io.templates import RowProblem, compile_template
 from batcher.types import Request, canonical_json, estimate_tokens, max_tokens_of, request_hash
 
-# Row columns with these names override the job's body params for that row.
-BODY_KEYS = frozenset(
-    """model temperature top_p max_tokens max_completion_tokens stop seed response_format n
-    presence_penalty frequency_penalty logit_bias logprobs top_logprobs tools tool_choice
-    parallel_tool_calls reasoning_effort user metadata top_k min_p top_a repetition_penalty
-    reasoning verbosity service_tier modalities prediction stream_options octen_search
-    plugins""".split()  # noqa: SIM905
-)
-# CSV has no types: other body-key values are read as JSON when they parse ("0.2" -> 0.2).
+# CSV has no types: body-column values are read as JSON when they parse ("0.2" -> 0.2).
 CSV_TEXT_KEYS = frozenset({"model", "user", "reasoning_effort", "service_tier", "verbosity"})
 SYSTEM_ROLES = ("system", "developer")
 
@@ -62,6 +54,9 @@ class RequestSpec:
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     # a whole conversation (few-shot) whose message contents are templates over the row
     messages_template: tuple[Mapping[str, Any], ...] | None = None
+    # row columns sent as body keys of the same name (the row's own `model`, `temperature`)
+    body_columns: tuple[str, ...] = ()
+    models_given: bool = True  # False: `models` is the provider's default, not the user's
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
@@ -74,6 +69,10 @@ class RequestSpec:
         if len(set(self.models)) < len(self.models):
             dup = next(m for m in self.models if self.models.count(m) > 1)
             raise UsageError(f"model {quote(dup)} is listed twice")
+        if self.template is not None and self.messages_template is not None:
+            raise UsageError("give --template or --messages-template, not both")
+        if "messages" in self.body_columns:
+            raise UsageError("--body-columns: 'messages' come from the input's rows, not a column")
 
 
 # --- Rows to requests -------------------------------------------------------------------
@@ -113,7 +112,12 @@ class RequestBuilder:
         used = {spec.prompt_column, spec.messages_column, spec.id_column}
         for t in (self.template, self.system, *(t for _, t in self.conversation)):
             used.update(t.fields if t is not None else ())
-        self.not_body = frozenset(used)  # columns read as something else, never as body keys
+        both = sorted(used & set(spec.body_columns))
+        if both:  # a column is a prompt, messages, id or template field, or a body key
+            raise UsageError(
+                f"--body-columns: {quote(both[0])} is read as the prompt, messages, id or a "
+                "template field already; a column is one or the other"
+            )
         self.ids: list[str] = []  # the ids read since the caller last cleared it
 
     def model_names(self) -> list[str]:
@@ -123,12 +127,12 @@ class RequestBuilder:
         """The requests of row i of the batch: good ones, or bad ones carrying the message."""
         index = batch.start + i
         if i in batch.bad:
-            return self._bad(index, str(index), batch.bad[i], None)
+            return self._bad(index, self._unread_id(batch, i), batch.bad[i], None)
         row = batch.rows[i]
         try:
             row_id = row_id_of(row, index, self.spec.id_column)
         except RowProblem as exc:
-            return self._bad(index, str(index), self._message(batch, i, exc), row)
+            return self._bad(index, self._unread_id(batch, i), self._message(batch, i, exc), row)
         self.ids.append(row_id)
         try:
             plan = self._plan(row, row_id, batch.kind == "csv")
@@ -136,12 +140,24 @@ class RequestBuilder:
         except RowProblem as exc:
             return self._bad(index, row_id, self._message(batch, i, exc), row)
 
+    def _unread_id(self, batch: RowBatch, i: int) -> str:
+        """The id of a bad row whose own id cannot be read: "(line 7)". It joins the ids
+        checked for duplicates, so it can never stand for a real row as well."""
+        row_id = f"({batch.where(i)})"
+        self.ids.append(row_id)
+        return row_id
+
     def _message(self, batch: RowBatch, i: int, exc: RowProblem) -> str:
         return f"{self.source}: {batch.where(i)}: {exc}"
 
     def _plan(self, row: dict[str, Any], row_id: str, is_csv: bool) -> _Plan:
         if "custom_id" in row and isinstance(row.get("body"), dict):
             base, model = self._batch_line(row)
+            if model is not None and self.spec.models_given:
+                raise RowProblem(
+                    f"the Batch API line names its own model ({quote(model)}) and -m names "
+                    f"{', '.join(map(quote, self.spec.models))}; give one of them"
+                )
         else:
             overrides = self._overrides(row, is_csv)
             model = overrides.pop("model", None)
@@ -163,16 +179,18 @@ class RequestBuilder:
         return {"messages": messages, **self.params, **body}, _check_model(model, "body.model")
 
     def _overrides(self, row: dict[str, Any], is_csv: bool) -> dict[str, Any]:
-        out = {}
-        for key, value in row.items():
-            if key not in BODY_KEYS or key in self.not_body or value is None:
+        """The row's own body keys: an object `body` column, and the --body-columns."""
+        body = row.get("body")
+        out = {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else {}
+        for key in self.spec.body_columns:
+            value = row.get(key)
+            if value is None or (is_csv and value == ""):
                 continue
-            if is_csv:
-                if value == "":
-                    continue
-                if key not in CSV_TEXT_KEYS:
-                    value = _csv_json(value)
+            if is_csv and key not in CSV_TEXT_KEYS:
+                value = _csv_json(value)
             out[key] = value
+        if "messages" in out:
+            raise RowProblem("the row's body holds 'messages'; give them as the messages column")
         if "model" in out:
             out["model"] = _check_model(out["model"], "model")
         return out
@@ -369,7 +387,7 @@ def _payload(body: Mapping[str, Any]) -> bytes:
         raise RowProblem(f"request body is not JSON-serialisable: {exc}") from None
 
 
-__all__ = ["BODY_KEYS", "RequestBuilder", "RequestSpec", "RowProblem", "row_id_of", "sweep_grid"]
+__all__ = ["RequestBuilder", "RequestSpec", "RowProblem", "row_id_of", "sweep_grid"]
 
 
 def sweep_grid(sweep: Iterable[tuple[str, Iterable[Any]]]) -> list[dict[str, Any]]:

@@ -235,7 +235,8 @@ CASES = [
     (("mystery", "ok", None, 100, 100, 0.25, False), 0.25),  # the server's cost
     (("cheap", "ok", None, 2000, 1000, 0.5, False), 0.5),
     (("gpt-4o", "error", "server_error", 0, 0, None, False), 0.0),
-    (("mystery", "error", "auth_error", 0, 0, None, False), None),
+    (("mystery", "error", "auth_error", 0, 0, None, False), 0.0),  # nothing billed: no price needed
+    (("gpt-4o", "ok", None, None, None, None, False), None),  # billed, usage unknown: null
     (("mystery", "error", "not_sent", 0, 0, None, False), 0.0),  # never sent
     (("mystery", "error", "bad_input", 0, 0, None, None), 0.0),
     ((None, "error", "bad_input", 0, 0, None, False), 0.0),
@@ -283,6 +284,12 @@ def test_price_table_without_server_costs_matches_row_cost():
         (case for case, _ in CASES), got
     ):
         if cached or error_type in ("not_sent", "bad_input"):
+            continue
+        if prompt is None:  # billed, usage unknown: no cost can be made up
+            assert cost is None
+            continue
+        if prompt == completion == 0:  # nothing billed costs nothing, priced or not
+            assert cost == 0.0
             continue
         want = row_cost(PRICES.get(model), prompt_tokens=prompt, completion_tokens=completion)
         assert cost == want
@@ -416,8 +423,9 @@ def test_priced_then_grouped():
     table = table.append_column("total_tokens", pa.array([0] * len(CASES), pa.int64()))
     groups, total = cost_groups(with_costs(table, PRICES))
     assert [g.key["model"] for g in groups] == ["cheap", "gpt-4o", "mystery", "openai/gpt-4o", None]
-    assert [g.unpriced for g in groups] == [0, 0, 2, 0, 0]
-    assert total.unpriced_models == {"mystery"}
+    assert [g.unpriced for g in groups] == [0, 1, 1, 0, 0]  # gpt-4o's: usage unknown
+    assert [g.unknown_usage for g in groups] == [0, 1, 0, 0, 0]
+    assert total.unpriced_models == {"mystery"}  # not gpt-4o: it has a price
 
 
 def test_render_cost():

@@ -352,7 +352,7 @@ def test_on_bad_row_skip(run_job, api, tmp_path):
     assert [(r["id"], r["status"], r["error_type"]) for r in rows] == [
         ("a", "ok", None),
         ("b", "error", "bad_input"),
-        ("2", "error", "bad_input"),
+        ("(line 3)", "error", "bad_input"),  # its own id cannot be read
     ]
     assert rows[1]["error_message"] == f"{data}: line 2: 'prompt' must be a string, got int"
     assert len(api.log) == 1

@@ -125,7 +125,10 @@ def test_json_mode_and_a_rows_own_response_format_wins(cli, api, tmp_path):
         [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q", "response_format": own}],
     )
     out = tmp_path / "o.parquet"
-    result = cli("run", data, "-o", out, "--base-url", api.url, "-m", "m", "--json", "-q")
+    result = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--json", "-q",
+        "--body-columns", "response_format",
+    )  # fmt: skip
     assert result.exit_code == 0
     assert api.log[0].body["response_format"] == {"type": "json_object"}
     assert api.log[1].body["response_format"] == own

@@ -11,6 +11,7 @@ import pytest
 from batcher.engine.http import PERMANENT_ERRORS, map_exception
 from batcher.engine.replies import parse_reply, retry_after, status_error
 from batcher.errors import AttemptError, FatalError, RetryableError
+from batcher.types import UNKNOWN_USAGE
 
 
 def body(obj) -> bytes:
@@ -82,7 +83,7 @@ def test_tool_calls_and_refusal():
     assert reply.content is None
     assert reply.refusal == "no"
     assert orjson.loads(reply.tool_calls) == [{"id": "1", "type": "function"}]
-    assert reply.usage.total_tokens == 0
+    assert reply.usage == UNKNOWN_USAGE  # billed, but the reply did not say: never a 0
 
 
 @pytest.mark.parametrize(

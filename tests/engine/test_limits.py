@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import logging
 import random
 import selectors
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from batcher.engine.limits import ConcurrencyLimit, RateLimiter, parse_duration
+from batcher.engine.limits import ConcurrencyLimit, Limits, RateLimiter, parse_duration
 
 # -- virtual time ------------------------------------------------------------------------------
 
@@ -284,28 +285,52 @@ def test_pause_without_budgets_then_back_to_the_fast_path() -> None:
     assert run_virtual(main()) == (2.0, 2.0)
 
 
-def test_observe_pauses_until_the_reset() -> None:
+def test_observe_says_how_long_until_the_reset() -> None:
     fake = FakeTime(100.0)
 
-    def paused(headers: dict[str, str], in_flight: int = 0) -> float:
+    def wait(headers: dict[str, str], in_flight: int = 0) -> float:
         limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
-        limiter.observe(headers, in_flight)
-        return limiter.paused_until - fake.now
+        seconds, why = limiter.observe(headers, in_flight)
+        assert bool(why) == (seconds > 0)
+        return seconds
 
     requests = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}
-    assert paused(requests) == pytest.approx(2.0)
-    assert paused({**requests, "x-ratelimit-reset-requests": "6m0s"}) == pytest.approx(360.0)
-    assert paused({**requests, "x-ratelimit-remaining-requests": "5"}, 3) == float("-inf")
-    assert paused({**requests, "x-ratelimit-remaining-requests": "5"}, 5) == pytest.approx(2.0)
-    assert paused({**requests, "x-ratelimit-reset-requests": "soon"}) == float("-inf")
-    assert paused({**requests, "x-ratelimit-remaining-requests": "many"}) == float("-inf")
-    assert paused({"x-ratelimit-reset-requests": "2s"}) == float("-inf")
-    assert paused({**requests, "x-ratelimit-reset-requests": "1700000000"}) == float("-inf")
-    assert paused({}) == float("-inf")
+    assert wait(requests) == pytest.approx(2.0)
+    assert wait({**requests, "x-ratelimit-reset-requests": "6m0s"}) == pytest.approx(360.0)
+    assert wait({**requests, "x-ratelimit-remaining-requests": "5"}, 3) == 0.0
+    assert wait({**requests, "x-ratelimit-remaining-requests": "5"}, 5) == pytest.approx(2.0)
+    assert wait({**requests, "x-ratelimit-reset-requests": "soon"}) == 0.0
+    assert wait({**requests, "x-ratelimit-remaining-requests": "many"}) == 0.0
+    assert wait({"x-ratelimit-reset-requests": "2s"}) == 0.0
+    assert wait({**requests, "x-ratelimit-reset-requests": "1700000000"}) == 0.0
+    assert wait({}) == 0.0
     mixed_case = CIMultiDictProxy(
         CIMultiDict({"X-RateLimit-Remaining-Tokens": "0", "X-RateLimit-Reset-Tokens": "12ms"})
     )
-    assert paused(mixed_case) == pytest.approx(0.012)  # type: ignore[arg-type]
+    assert wait(mixed_case) == pytest.approx(0.012)  # type: ignore[arg-type]
+    limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
+    assert limiter.observe(requests) == (2.0, "x-ratelimit-remaining-requests is 0")
+
+
+def test_a_long_reset_pauses_a_minute_at_most_and_says_so(caplog) -> None:
+    """x-ratelimit-remaining 0 with a reset in an hour: a pause of 60 s, said on the log and
+    in the note the progress bar shows (it paused an hour, silently, before)."""
+    from batcher.engine.http import Attempt
+
+    async def main() -> tuple[float, str | None]:
+        limits = Limits(concurrency=4, max_pause=60.0)
+        headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3600s"}
+        limiters = limits.of("m")
+        limits.learn(limiters, Attempt(0.1, 200, headers=headers), 10)
+        return limits.endpoint.paused_until - limits.endpoint.now(), limits.pause_note()
+
+    with caplog.at_level(logging.WARNING, logger="batcher.engine.limits"):
+        pause, note = run_virtual(main())
+    assert pause == pytest.approx(60.0)
+    assert note == "paused 60 s: x-ratelimit-remaining-requests is 0"
+    assert [r.getMessage() for r in caplog.records] == [
+        "pausing new requests for 60 s: x-ratelimit-remaining-requests is 0"
+    ]
 
 
 def test_observe_tokens_compares_with_the_mean_charge_in_flight() -> None:
@@ -318,12 +343,11 @@ def test_observe_tokens_compares_with_the_mean_charge_in_flight() -> None:
 
     asyncio.run(main())
     tokens = {"x-ratelimit-remaining-tokens": "3500", "x-ratelimit-reset-tokens": "1.5s"}
-    limiter.observe(tokens, in_flight=2)  # 3 x ~1000 fit
-    assert limiter.paused_until == float("-inf")
-    limiter.observe(tokens, in_flight=3)  # 4 x ~1000 do not
-    assert limiter.paused_until == pytest.approx(1.5)
-    limiter.observe({**tokens, "x-ratelimit-reset-tokens": "1h2m3.5s"}, in_flight=3)
-    assert limiter.paused_until == pytest.approx(3723.5)
+    assert limiter.observe(tokens, in_flight=2) == (0.0, "")  # 3 x ~1000 fit
+    wait, why = limiter.observe(tokens, in_flight=3)  # 4 x ~1000 do not
+    assert (wait, why) == (pytest.approx(1.5), "x-ratelimit-remaining-tokens is 3500")
+    later = {**tokens, "x-ratelimit-reset-tokens": "1h2m3.5s"}
+    assert limiter.observe(later, in_flight=3)[0] == pytest.approx(3723.5)
 
 
 @pytest.mark.parametrize(

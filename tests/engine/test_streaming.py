@@ -20,7 +20,7 @@ from batcher.engine.replies import parse_reply
 from batcher.errors import AttemptError, FatalError, RetryableError
 from batcher.mock import MockConfig, MockServer
 from batcher.providers import Endpoint
-from batcher.types import Reply, Usage
+from batcher.types import UNKNOWN_USAGE, Reply, Usage
 
 USAGE = {"stream_options": {"include_usage": True}}
 MiB = 2**20
@@ -222,10 +222,10 @@ def test_octen_stream_gives_search_results_warning_and_usage() -> None:
     assert reply.usage.prompt_tokens > 0
 
 
-def test_usage_is_zero_without_include_usage() -> None:
+def test_usage_is_unknown_without_include_usage() -> None:
     plain, streamed, _ = asyncio.run(plain_and_streamed(chat("hi"), extra={}))
     assert plain.usage.total_tokens > 0
-    assert streamed.reply.usage == Usage()
+    assert streamed.reply.usage == UNKNOWN_USAGE  # no usage chunk: unknown, not 0
     assert streamed.reply.content == plain.content
 
 

@@ -141,7 +141,10 @@ def test_batch_api_line(tmp_path):
     }
     no_model = {"custom_id": "req-2", "body": {"messages": [user("Yo")], "max_tokens": 7}}
     path = jsonl(tmp_path, line, no_model)
-    spec = RequestSpec(models=("a", "b"), params={"temperature": 1.0, "seed": 3})
+    # the models a line without its own goes to (the provider's default: no -m given)
+    spec = RequestSpec(
+        models=("a", "b"), params={"temperature": 1.0, "seed": 3}, models_given=False
+    )
     got = requests_of(spec, path)
     assert [(r.row_id, r.model, r.model_index) for r in got] == [
         ("req-1", "gpt-x", 2),
@@ -162,6 +165,15 @@ def test_batch_api_line(tmp_path):
         "max_tokens": 7,
     }
     assert got[1].max_tokens == 7
+
+
+def test_batch_lines_with_their_own_model_and_m_contradict(tmp_path):
+    line = {"custom_id": "r1", "body": {"model": "gpt-x", "messages": [user("Hi")]}}
+    path = jsonl(tmp_path, line)
+    assert input_error(RequestSpec(models=("a", "b")), path) == (
+        f"{path}: line 1: the Batch API line names its own model ('gpt-x') and -m names "
+        "'a', 'b'; give one of them"
+    )
 
 
 def test_batch_line_checks(tmp_path):
@@ -332,7 +344,10 @@ def test_overrides_params_and_model_order(tmp_path):
         {"prompt": "d", "model": "z", "max_tokens": 5},
         {"prompt": "e", "model": "b"},
     )
-    spec = RequestSpec(models=("a", "b"), params={"temperature": 0.1, "max_tokens": 100})
+    columns = ("model", "temperature", "max_tokens", "response_format")
+    spec = RequestSpec(
+        models=("a", "b"), params={"temperature": 0.1, "max_tokens": 100}, body_columns=columns
+    )
     got = requests_of(spec, path)
     assert [(r.row_index, r.model, r.model_index) for r in got] == [
         (0, "a", 0),
@@ -359,31 +374,48 @@ def test_overrides_params_and_model_order(tmp_path):
     assert got[4].max_tokens == 5
 
 
-def test_columns_used_otherwise_are_not_body_keys(tmp_path):
-    path = jsonl(tmp_path, {"user": "Hi there", "metadata": "note"})
-    spec = RequestSpec(models=("m",), prompt_column="user", template="{user} ({metadata})")
-    assert bodies(spec, path) == [{"model": "m", "messages": [user("Hi there (note)")]}]
-    path = jsonl(tmp_path, {"prompt": "Hi", "user": "u-1", "other": 1})
-    assert bodies(SPEC, path) == [{"model": "m", "messages": [user("Hi")], "user": "u-1"}]
+def test_columns_are_body_keys_only_when_named(tmp_path):
+    """A row's `model`, `user`, `n`, `metadata` are data unless --body-columns names them:
+    sending them unasked leaked personal data and multiplied bills."""
+    row = {"text": "Kettle", "user": "alice@example.com", "n": 5, "metadata": "crm", "model": "X"}
+    path = jsonl(tmp_path, row)
+    spec = RequestSpec(models=("m",), template="Classify: {text}")
+    assert bodies(spec, path) == [{"model": "m", "messages": [user("Classify: Kettle")]}]
+    named = RequestSpec(models=("m",), template="Classify: {text}", body_columns=("user", "n"))
+    assert bodies(named, path) == [
+        {"model": "m", "messages": [user("Classify: Kettle")], "user": "alice@example.com", "n": 5}
+    ]
+    # an object `body` column holds the row's own body keys
+    path = jsonl(tmp_path, {"prompt": "Hi", "body": {"temperature": 0.3, "seed": None}})
+    assert bodies(SPEC, path) == [{"model": "m", "messages": [user("Hi")], "temperature": 0.3}]
+    # a column read as the prompt, messages, id or a template field is not a body key too
+    with pytest.raises(UsageError) as info:
+        bodies(RequestSpec(models=("m",), template="{text}", body_columns=("text",)), path)
+    assert str(info.value) == (
+        "--body-columns: 'text' is read as the prompt, messages, id or a template field "
+        "already; a column is one or the other"
+    )
 
 
 def test_max_completion_tokens_bound(tmp_path):
     path = jsonl(tmp_path, {"prompt": "a", "max_completion_tokens": 9})
-    assert requests_of(SPEC, path)[0].max_tokens == 9
+    spec = RequestSpec(models=("m",), body_columns=("max_completion_tokens",))
+    assert requests_of(spec, path)[0].max_tokens == 9
 
 
 def test_no_model(tmp_path):
     path = jsonl(tmp_path, {"prompt": "a", "model": "x"}, {"prompt": "b"})
-    assert input_error(RequestSpec(), path) == (
+    assert input_error(RequestSpec(body_columns=("model",)), path) == (
         f"{path}: line 2: no model: pass -m/--model or give the row a 'model'"
     )
 
 
 def test_bad_model_column(tmp_path):
+    spec = RequestSpec(models=("m",), body_columns=("model",))
     path = jsonl(tmp_path, {"prompt": "a", "model": 4})
-    assert input_error(SPEC, path) == f"{path}: line 1: 'model' must be a string, got int"
+    assert input_error(spec, path) == f"{path}: line 1: 'model' must be a string, got int"
     path = jsonl(tmp_path, {"prompt": "a", "model": ""})
-    assert input_error(SPEC, path) == f"{path}: line 1: 'model' is empty"
+    assert input_error(spec, path) == f"{path}: line 1: 'model' is empty"
 
 
 def test_samples_with_and_without_seed(tmp_path):
@@ -460,7 +492,7 @@ def test_hash_depends_on_base_url_and_system(tmp_path):
             "'messages[0].content[0]' must be an object, got str",
         ),
         (
-            '{"prompt": "x", "metadata": ' + "[" * 300 + "]" * 300 + "}",
+            '{"prompt": "x", "body": {"metadata": ' + "[" * 300 + "]" * 300 + "}}",
             "request body is not JSON-serialisable: Recursion limit reached",
         ),
     ],
@@ -492,17 +524,17 @@ def test_on_bad_row_skip(tmp_path):
         {"id": None, "prompt": "x"},
         {"id": "e", "prompt": 2, "model": "own"},
     )
-    spec = RequestSpec(models=("m", "n"), on_bad_row="skip")
+    spec = RequestSpec(models=("m", "n"), on_bad_row="skip", body_columns=("model",))
     got = requests_of(spec, path)
     assert [(r.row_index, r.row_id, r.model, r.model_index) for r in got] == [
         (0, "a", "m", 0),
         (0, "a", "n", 1),
         (1, "b", "m", 0),
         (1, "b", "n", 1),
-        (2, "2", "m", 0),
-        (2, "2", "n", 1),
-        (3, "3", "m", 0),
-        (3, "3", "n", 1),
+        (2, "(line 3)", "m", 0),  # its id cannot be read: named by its line, never a real id
+        (2, "(line 3)", "n", 1),
+        (3, "(line 4)", "m", 0),
+        (3, "(line 4)", "n", 1),
         (4, "e", "own", 2),
     ]
     bad = got[2]
@@ -519,9 +551,27 @@ def test_on_bad_row_skip(tmp_path):
     }
 
 
+def test_the_id_of_an_unreadable_row_never_stands_for_a_real_one(tmp_path):
+    """ids 1..4 and an unreadable line 3: it was given id "2" (its row number), like the real
+    row 2, and every rerun failed; its "(line 3)" joins the duplicate check instead."""
+    rows = [
+        {"id": 1, "prompt": "a"},
+        {"id": 2, "prompt": "b"},
+        "not json",
+        {"id": 4, "prompt": "d"},
+    ]
+    path = jsonl(tmp_path, *rows)
+    got = requests_of(RequestSpec(models=("m",), on_bad_row="skip"), path)
+    assert [r.row_id for r in got] == ["1", "2", "(line 3)", "4"]
+    clash = jsonl(tmp_path, "not json", {"id": "(line 1)", "prompt": "x"}, name="clash.jsonl")
+    assert input_error(RequestSpec(models=("m",), on_bad_row="skip"), clash) == (
+        f"{clash}: line 2: duplicate id '(line 1)' (first at line 1)"
+    )
+
+
 def test_skip_without_models_uses_an_empty_model(tmp_path):
     path = jsonl(tmp_path, {"prompt": "a", "model": "x"}, {"prompt": "b"})
-    got = requests_of(RequestSpec(on_bad_row="skip"), path)
+    got = requests_of(RequestSpec(on_bad_row="skip", body_columns=("model",)), path)
     assert [(r.model, r.model_index, r.bad_input is None) for r in got] == [
         ("x", 0, True),
         ("", 0, False),
@@ -551,8 +601,15 @@ def test_scan_counts_and_schema(tmp_path):
         {"id": 1, "prompt": "x" * 40, "flag": True},
         {"id": 2, "prompt": "y" * 8, "model": "own", "max_tokens": 50},
     )
-    spec = RequestSpec(models=("a", "b"), params={"max_tokens": 10}, samples=2)
+    spec = RequestSpec(
+        models=("a", "b"),
+        params={"max_tokens": 10},
+        samples=2,
+        body_columns=("model", "max_tokens"),
+    )
     found = scan(spec, path)
+    assert found.fingerprint is not None
+    assert found.fingerprint.size == path.stat().st_size
     assert found == InputScan(
         rows=2,
         requests=6,
@@ -566,6 +623,7 @@ def test_scan_counts_and_schema(tmp_path):
         },
         schema=found.schema,
         columns=("id", "prompt", "flag", "model", "max_tokens"),
+        fingerprint=found.fingerprint,
     )
     assert found.schema == pa.schema(
         [
@@ -593,7 +651,7 @@ def test_rows_own_models_come_after_the_jobs_in_first_seen_order(tmp_path):
         {"prompt": 1, "model": "r"},
         {"prompt": "c", "model": "s"},
     )
-    spec = RequestSpec(models=("m",), on_bad_row="skip")
+    spec = RequestSpec(models=("m",), on_bad_row="skip", body_columns=("model",))
     found = scan(spec, path)
     got = requests_of(spec, path)
     assert found.requests == len(got)
@@ -619,7 +677,9 @@ def test_csv_rows(tmp_path):
         "2,Yo,,m2,END,,\n"
         '3,,,,,,"[{""role"":""user"",""content"":""J""}]"\n'
     )
-    got = requests_of(RequestSpec(models=("m",), params={"temperature": 1}), path)
+    columns = ("temperature", "model", "stop", "response_format")
+    spec = RequestSpec(models=("m",), params={"temperature": 1}, body_columns=columns)
+    got = requests_of(spec, path)
     assert [r.body for r in got] == [
         {
             "model": "m",

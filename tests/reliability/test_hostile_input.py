@@ -402,7 +402,7 @@ BAD = {
     ),
     "deep_body_key.jsonl": (
         b'{"prompt": "x", "metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}\n",
-        (),
+        ("--body-columns", "metadata"),
         "{path}: line 1: request body is not JSON-serialisable: ...",
     ),
     "duplicate_ids.jsonl": (
@@ -570,7 +570,7 @@ def test_dry_run_with_a_timestamp_body_key(run_job, api, tmp_path, column):
     value = pa.array([when], pa.timestamp("ms")) if column == "temperature" else [{"at": when}]
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"prompt": ["hi"], column: value}), path)
-    result = Runner(run_job, api, tmp_path).run(path)
+    result = Runner(run_job, api, tmp_path).run(path, "--body-columns", column)
     assert result.exit_code == 0, result.stderr
     assert "2024-01-01T12:30:00" in result.stdout, result.stdout
 
