@@ -15,8 +15,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,15 +32,17 @@ from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import Engine, EngineRun, EngineSettings, ModelLimits
 from batcher.engine.http import fit_open_files
 from batcher.engine.retry import RetryPolicy
-from batcher.errors import StorageError, UsageError
+from batcher.errors import UsageError
 from batcher.io import spool
 from batcher.io.assemble import assemble
 from batcher.io.check import InputScan, check_input
 from batcher.io.columns import kept_columns, output_layout
+from batcher.io.inputs import InputFile
 from batcher.io.jobdir import JobDir
-from batcher.io.parts import PartWriter, write_problem
+from batcher.io.parts import PartWriter, saving
 from batcher.io.resume import DoneIndex, earlier_results
 from batcher.io.rows import RequestSpec, sweep_grid
+from batcher.io.streams import in_daemon_thread, is_stream, spool_stream
 from batcher.io.templates import load_messages_template, read_text
 from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
@@ -153,9 +157,11 @@ class Job:
             models_given=bool(spec.models),
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
+        self.source: InputFile | None = None  # the input as read (a copy of a stream)
         self.engine: EngineRun | None = None  # this run of the engine, once it starts
         self.cache: ResponseCache | None = None
         self.interrupted = False
+        self._reading: asyncio.Future[InputFile] | None = None
 
     def _params(self) -> dict:
         params = self.spec.body_params()
@@ -169,17 +175,37 @@ class Job:
     def interrupt(self, reason: str = "interrupted") -> None:
         """Send nothing new; what is in flight finishes; the job folder stays for a rerun."""
         self.interrupted = True
+        if self._reading is not None:
+            self._reading.cancel()  # a stream being copied: stop waiting for it
         if self.engine is not None:
             self.engine.stop(reason)
+
+    async def open_input(self, folder: Path) -> InputFile:
+        """The input to read: the file itself, or a copy in `folder` of an input that can be
+        read only once (standard input, a FIFO); the copy is made in a thread of its own, so
+        a Ctrl-C ends the wait even while nothing arrives."""
+        spec = self.spec
+        if not is_stream(spec.input):
+            self.source = InputFile.of(spec.input, spec.input_format)
+            return self.source
+        folder.mkdir(parents=True, exist_ok=True)
+        self._reading = asyncio.get_running_loop().create_future()
+        in_daemon_thread(self._reading, spool_stream, spec.input, folder, spec.input_format)
+        try:
+            self.source = await self._reading
+        finally:
+            self._reading = None
+        return self.source
 
     def endpoint(self, base_url: str) -> Endpoint:
         return Endpoint(base_url, self.provider.auth_header, self._key)
 
     def check(self, sink=None, earlier: DoneIndex | None = None) -> InputScan:
-        """The checking pass over the whole input (nothing sent)."""
+        """The checking pass over the whole input (nothing sent); `open_input` first."""
+        assert self.source is not None
         return check_input(
             self.requests,
-            self.spec.input,
+            self.source,
             limit=self.spec.limit,
             earlier=earlier,
             retry_errors=self.spec.retry_errors,
@@ -201,7 +227,9 @@ class Job:
                 if len(bodies) < count and request.bad_input is None:
                     bodies.append(request.payload)
 
-        found = await asyncio.to_thread(self.check, sample)
+        with tempfile.TemporaryDirectory(prefix="batcher-input-") as folder:
+            await self.open_input(Path(folder))
+            found = await asyncio.to_thread(self.check, sample)
         endpoint = self.endpoint(self.provider.base_url or "http://127.0.0.1:PORT/v1")
         return DryRun(found.requests, found.rows, bodies, endpoint.url, endpoint.redacted_headers())
 
@@ -219,6 +247,9 @@ class Job:
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
             stack.enter_context(job_dir.lock())
+            job_dir.clean()
+            stack.callback(shutil.rmtree, job_dir.input_copy, ignore_errors=True)
+            await self.open_input(job_dir.input_copy)
             found = await asyncio.to_thread(self._prepare, job_dir)
             if spec.cache is not None:
                 self.cache = ResponseCache(spec.cache)
@@ -272,7 +303,6 @@ class Job:
         """Earlier results, then the checking pass writing the request spool, then job.json.
         A bad input changes nothing: a folder made for it is removed again, and --fresh
         drops the earlier results only once the new requests are all built."""
-        job_dir.clean()
         fresh = self.spec.fresh
         earlier, imported = earlier_results(job_dir) if not fresh else (DoneIndex.empty(), False)
         had_folder = job_dir.exists()
@@ -405,7 +435,7 @@ class Job:
         with saving(job_dir.output, f"every result is saved in {job_dir.path}"):
             assemble(
                 job_dir,
-                source=spec.input,
+                source=self.source,
                 limit=spec.limit,
                 schema=found.schema,
                 keep=keep,
@@ -454,18 +484,6 @@ class Job:
 
 def _text(text: str | None, path: Path | None, option: str) -> str | None:
     return read_text(path, option) if text is None and path is not None else text
-
-
-@contextlib.contextmanager
-def saving(path: Path, state: str) -> Iterator[None]:
-    """A write that fails for want of disk (or any OS reason) as a one-line StorageError."""
-    try:
-        yield
-    except OSError as exc:
-        raise StorageError(
-            f"{write_problem(exc)} writing {path}: {state}; free space and run the same "
-            "command again"
-        ) from None
 
 
 def iso(t: float) -> str:

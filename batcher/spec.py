@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "provider": tuple(PRESETS),
     "auth_header": AUTH_STYLES,
     "on_bad_row": ("error", "skip"),
+    "input_format": ("jsonl", "csv", "parquet"),
 }
 
 
@@ -47,6 +49,7 @@ class JobSpec:
     template_file: Path | None = None
     messages_template: Path | None = None
     # input shape
+    input_format: str | None = None  # jsonl | csv | parquet; None: from the name
     prompt_column: str = "prompt"
     messages_column: str = "messages"
     id_column: str | None = None
@@ -95,6 +98,14 @@ class JobSpec:
             raise UsageError("--sweep: the same key twice")
         if self.params.get("stream") or self.params.get("stream_options") is not None:
             raise UsageError("use --stream for streaming requests, not --param stream=...")
+        named = self.named_body()
+        for key in self.params:
+            if key in named:
+                raise UsageError(f"--param {key} and {named[key]} both set {key!r}; give one")
+        for key, _ in self.sweep:
+            if key in named or key in self.params:
+                other = named.get(key) or f"--param {key}"
+                raise UsageError(f"--sweep {key} and {other} both set {key!r}; give one")
         if self.reask < 0:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:
@@ -113,11 +124,32 @@ class JobSpec:
                 raise UsageError(f"--{name.replace('_', '-')}: {value!r} is not one of {shown}")
         if self.fresh and self.retry_errors:
             raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
-        if self.output is not None and Path(self.output).resolve() == Path(self.input).resolve():
+        if (
+            self.output is not None
+            and str(self.input) != "-"
+            and os.path.realpath(self.output) == os.path.realpath(self.input)
+        ):
             raise UsageError("the output path is the input file")
 
+    def named_body(self) -> dict[str, str]:
+        """The body keys the named options set, and the option that sets each."""
+        named = {
+            "temperature": ("--temperature", self.temperature is not None),
+            "top_p": ("--top-p", self.top_p is not None),
+            "max_tokens": ("--max-tokens", self.max_tokens is not None),
+            "seed": ("--seed", self.seed is not None),
+            "stop": ("--stop", bool(self.stop)),
+            "response_format": (
+                "--json" if self.json else "--schema",
+                self.json or bool(self.schema),
+            ),
+            "stream": ("--stream", self.stream),
+            "stream_options": ("--stream", self.stream),
+        }
+        return {key: option for key, (option, given) in named.items() if given}
+
     def body_params(self) -> dict[str, Any]:
-        """Job-level body keys: the named options, then --param (which wins)."""
+        """Job-level body keys: the named options and --param (never the same key twice)."""
         body: dict[str, Any] = {}
         if self.temperature is not None:
             body["temperature"] = self.temperature

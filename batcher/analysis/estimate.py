@@ -51,6 +51,8 @@ class Estimate:
     duration_basis: str  # the binding limit: "rpm 600", "tpm 200000", "concurrency ..."
     bad_rows: int = 0
     typical_reply_tokens: int = 150
+    combinations: int = 1  # of the --sweep grid
+    samples: int = 1
 
     @property
     def completion_tokens_typical(self) -> int:
@@ -99,6 +101,8 @@ def estimate(
     seconds_per_request: float = 2.0,
     typical_reply_tokens: int = 150,
     completion_allowance: int = COMPLETION_ALLOWANCE,
+    combinations: int = 1,
+    samples: int = 1,
 ) -> Estimate:
     """Tokens, cost range and duration of the job that `scan` describes.
 
@@ -180,6 +184,8 @@ def estimate(
         duration_basis=basis,
         bad_rows=scan.bad_rows,
         typical_reply_tokens=typical_reply_tokens,
+        combinations=combinations,
+        samples=samples,
     )
 
 
@@ -203,10 +209,13 @@ def render_estimate(est: Estimate) -> list[str]:
     and the models without a price."""
     n_models = len(est.models)
     good_rows = est.rows - est.bad_rows
-    if est.requests == good_rows * n_models:
-        how = f"{_plural(good_rows, 'row')} x {_plural(n_models, 'model')}"
-    else:
-        how = f"{_plural(good_rows, 'row')}, {_plural(n_models, 'model')}"
+    factors = [_plural(good_rows, "row"), _plural(n_models, "model")]
+    if est.combinations > 1:
+        factors.append(_plural(est.combinations, "combination"))
+    if est.samples > 1:
+        factors.append(_plural(est.samples, "sample"))
+    product = good_rows * n_models * est.combinations * est.samples
+    how = (" x " if est.requests == product else ", ").join(factors)
     lines = [f"requests: {est.requests} ({how})"]
     if est.bad_rows:
         lines.append(f"bad rows: {est.bad_rows} (not sent)")

@@ -6,6 +6,7 @@ parses, builds a spec, calls the library, prints and picks the exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -28,9 +29,26 @@ for command in (run, estimate, cost, report, status, mock_server):
 
 def entry() -> None:
     """The `batcher` console command."""
+    open_standard_streams()
     args = sys.argv[1:]
     if args and not {"-h", "--help", "--version"} & set(args):  # help stays instant
         from batcher.io.columns import skip_pandas_probe
 
         skip_pandas_probe()
     main()
+
+
+def open_standard_streams() -> None:
+    """Give a standard stream the process was started without (`>&-`) /dev/null: else the
+    first socket or file the job opens takes its number, and output meant for it lands
+    there (uvloop aborted on it), or Python has no sys.stderr at all."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115

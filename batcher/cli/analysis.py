@@ -3,7 +3,9 @@ of an output or a running job's folder."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ def estimate(
     from batcher.analysis.estimate import estimate as make_estimate
     from batcher.analysis.estimate import render_estimate
     from batcher.analysis.tokens import ENCODING, TokenCounter
+    from batcher.io.rows import sweep_grid
     from batcher.job import Job
     from batcher.spec import make_spec
 
@@ -51,7 +54,9 @@ def estimate(
         spec = make_spec(**spec_options(ctx, opts))
         job = Job(spec, need_key=False)
         counter = TokenCounter.offline()
-        found = job.check(counter)
+        with tempfile.TemporaryDirectory(prefix="batcher-input-") as folder:
+            asyncio.run(job.open_input(Path(folder)))
+            found = job.check(counter)
         if counter is not None:
             found = counter.recount(found)
         counted = f"tiktoken {ENCODING}" if counter is not None else "characters / 4"
@@ -64,6 +69,8 @@ def estimate(
             model_limits=spec.model_limits,
             seconds_per_request=seconds_per_request,
             typical_reply_tokens=typical_reply_tokens,
+            combinations=len(sweep_grid(spec.sweep)),
+            samples=spec.samples,
         )
     except BatcherError as exc:
         raise CliError.of(exc) from None
@@ -76,6 +83,29 @@ def estimate(
 
 
 estimate.params = [p for p in estimate.params if p.name != "json_mode"]
+# What only a run uses: accepted (the same command line estimates what it would run) but not
+# listed in `estimate --help`.
+RUN_ONLY = frozenset(
+    {
+        "output",
+        "stream",
+        "timeout",
+        "max_retries",
+        "flush_rows",
+        "flush_seconds",
+        "keep_job_dir",
+        "fresh",
+        "retry_errors",
+        "cache",
+        "max_cost",
+        "api_key_env",
+        "api_key_file",
+        "auth_header",
+    }
+)
+for param in estimate.params:
+    if param.name in RUN_ONLY and isinstance(param, click.Option):
+        param.hidden = True
 
 
 @click.command()
@@ -92,6 +122,8 @@ def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) 
     """Requests, tokens and cost per group of a finished OUT or a running job's directory.
 
     The server's cost wins where it sent one; other rows are priced from tokens."""
+    if as_json and as_csv:
+        raise CliError("give --json or --csv, not both")
     from batcher.analysis.cost import cost_csv, cost_groups, cost_json, render_cost, with_costs
     from batcher.io.jobdir import read_results
     from batcher.prices import PriceTable

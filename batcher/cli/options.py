@@ -49,7 +49,13 @@ def parse_sweeps(values: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         key, sep, raw = value.partition("=")
         if not sep or not key.strip() or not raw:
             raise click.BadParameter(f"expected KEY=V1,V2,..., got {value!r}", param_hint="--sweep")
-        out.append((key.strip(), tuple(parse_param(f"{key}={v}")[1] for v in raw.split(","))))
+        items = raw.split(",")
+        if not all(item.strip() for item in items):
+            raise click.BadParameter(
+                f'{value!r} has an empty value; write each one out ("" for an empty string)',
+                param_hint="--sweep",
+            )
+        out.append((key.strip(), tuple(parse_param(f"{key}={v}")[1] for v in items)))
     return tuple(out)
 
 
@@ -61,7 +67,9 @@ def job_options(command: Any) -> Any:
 
 
 JOB_OPTIONS = [
-    click.argument("input", type=click.Path(dir_okay=False, path_type=Path), required=False),
+    click.argument(
+        "input", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), required=False
+    ),
     click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file."),
     click.option(
         "--job",
@@ -80,7 +88,13 @@ JOB_OPTIONS = [
         is_flag=True,
         help="Streaming requests: the same output row, plus ttft_s (time to first token).",
     ),
-    click.option("--json", "json_mode", is_flag=True, help="response_format json_object."),
+    click.option(
+        "--json",
+        "json_mode",
+        is_flag=True,
+        envvar=["BATCHER_JSON", "BATCHER_JSON_MODE"],
+        help="response_format json_object.",
+    ),
     click.option(
         "--schema",
         type=click.Path(dir_okay=False, path_type=Path),
@@ -131,6 +145,11 @@ JOB_OPTIONS = [
         "--messages-template",
         type=click.Path(dir_okay=False),
         help="JSON list of messages (few-shot) whose contents are templates.",
+    ),
+    click.option(
+        "--input-format",
+        type=click.Choice(CHOICES["input_format"]),
+        help="The input's format, for a name without .jsonl/.csv/.parquet (or standard input).",
     ),
     click.option("--prompt-column", default=DEFAULTS["prompt_column"], show_default=True),
     click.option("--messages-column", default=DEFAULTS["messages_column"], show_default=True),

@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 import click
 
-from batcher.cli.options import CliError, job_options, spec_options
+from batcher.cli.options import EXIT_STORAGE, CliError, job_options, spec_options
 from batcher.errors import BatcherError
 
 GRACE_SECONDS = 5.0  # after Ctrl-C, how long requests in flight may finish
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 @click.command(context_settings={"auto_envvar_prefix": "BATCHER"})
@@ -62,24 +63,35 @@ def execute(job: Any, quiet: bool) -> int:
     finally:
         if bar:
             bar.close()
-    if received:
-        where = job_dir_hint(job)
-        click.echo(
-            f"interrupted: finished results are saved in {where}; "
-            "run the same command again to resume",
-            err=True,
-        )
+    if received and (summary is None or summary.output is None):
+        click.echo(f"interrupted: {resume_hint(job)}", err=True)
         return EXIT_SIGNAL.get(received[0], 130)
-    assert summary is not None
+    assert summary is not None  # a signal after OUT was written: the job is done
     if not quiet:
         for line in render(summary):
             click.echo(line, err=True)
-    click.echo(str(summary.output))
+    try:
+        click.echo(str(summary.output))
+        sys.stdout.flush()
+    except OSError as exc:  # stdout is full or gone: OUT is written all the same
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that exit's flush is quiet
+        click.echo(
+            f"cannot write to standard output ({exc.strerror}); wrote {summary.output}", err=True
+        )
+        return EXIT_STORAGE
     return summary.exit_code
 
 
-def job_dir_hint(job: Any) -> str:
-    return str(job.job_dir.path)
+def resume_hint(job: Any) -> str:
+    """Where the finished results are, and the command that resumes."""
+    if not job.job_dir.exists() or not job.job_dir.parts():
+        return "stopped before any result was saved; nothing to resume"
+    again = "the same command again"
+    if job.spec.fresh:
+        again = "the same command again without --fresh"
+    if str(job.spec.input) == "-":
+        again += ", with the same input on standard input,"
+    return f"finished results are saved in {job.job_dir.path}; run {again} to resume"
 
 
 def run_fast(coro: Any) -> Any:

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batcher.errors import show_path
 from batcher.io import spool
 from batcher.io.check import Fingerprint
 from batcher.io.columns import OUTPUT_SCHEMA, PART_SCHEMA, STRUCTURED_SCHEMA, Layout
-from batcher.io.inputs import read_batches, rows_table
+from batcher.io.input_schema import rows_table
+from batcher.io.inputs import InputFile, read_batches
 from batcher.io.jobdir import JobDir, fsync_dir, fsync_file
 from batcher.structured.columns import typed_columns
 from batcher.types import ErrorType, Status
@@ -226,7 +226,7 @@ def write_output(
 def assemble(
     job_dir: JobDir,
     *,
-    source: Path,
+    source: InputFile,
     limit: int | None,
     schema: pa.Schema,
     keep: list[str] | None,
@@ -264,8 +264,8 @@ def assemble(
                     requests = windows.take(start, stop)
                     yield finish(assembler.table(requests, start, stop, None))
                 return
-            shown = show_path(source)
-            if fingerprint is not None and not fingerprint.same_file(Fingerprint.stat(source)):
+            shown = source.name
+            if fingerprint is not None and not fingerprint.same_file(Fingerprint.stat(source.path)):
                 raise fingerprint.changed(shown)
             digest = hashlib.blake2b(digest_size=16)
             for batch in read_batches(source, limit=limit, digest=digest):

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batcher.errors import InputError, os_problem, quote, show_path
-from batcher.io.inputs import RowBatch, SchemaBuilder, read_batches
+from batcher.errors import InputError, os_problem, quote
+from batcher.io.input_schema import SchemaBuilder
+from batcher.io.inputs import InputFile, RowBatch, read_batches
 from batcher.io.resume import DoneIndex
 from batcher.io.rows import RequestBuilder, RequestSpec, row_id_of
 from batcher.io.templates import RowProblem
@@ -90,7 +91,7 @@ class InputScan:
 
 def check_input(
     spec: RequestSpec,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | InputFile,
     *,
     limit: int | None = None,
     earlier: DoneIndex | None = None,
@@ -106,15 +107,16 @@ def check_input(
     or an error unless `retry_errors` or the error is one every request met). With `tpm`
     (a model's tokens-per-minute limit), a request that needs more than a minute's tokens
     is an `InputError`: it could never be sent."""
-    source = show_path(path)
+    file = path if isinstance(path, InputFile) else InputFile.of(path)
+    source = file.name
     builder = RequestBuilder(spec, source)
     schema = SchemaBuilder()
     tally = _Tally()
     ids = array("q")
     done = 0
-    before = _stat(path, source)
+    before = _stat(file.path, source)
     digest = hashlib.blake2b(digest_size=16)
-    for batch in read_batches(path, limit=limit, digest=digest):
+    for batch in read_batches(file, limit=limit, digest=digest):
         schema.add(batch)
         requests: list[Request] = []
         for i in range(len(batch.rows)):
@@ -136,10 +138,10 @@ def check_input(
             sink(batch, requests, todo)
     if earlier is not None and earlier.not_asked():
         raise earlier.dropping()
-    after = _stat(path, source)
+    after = _stat(file.path, source)
     if not before.same_file(after):
         raise InputError(f"{source}: changed while it was being read; run again once it is whole")
-    _check_duplicates(ids, lambda: _ids(spec, path, limit), source)
+    _check_duplicates(ids, lambda: _ids(spec, file, limit), source)
     found = schema.schema()
     return InputScan(
         rows=tally.rows,
@@ -180,7 +182,7 @@ def id_hash(row_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _ids(spec: RequestSpec, path: str | os.PathLike[str], limit: int | None) -> Iterator[Any]:
+def _ids(spec: RequestSpec, path: InputFile, limit: int | None) -> Iterator[Any]:
     """(id, where) of every row, in input order (a row whose id cannot be read: "(line 7)",
     as the builder names it)."""
     for batch in read_batches(path, limit=limit):

@@ -10,13 +10,14 @@ Types: JSONL values are what JSON says; CSV has no types, so every CSV value is 
 record shorter than the header gives None for the missing fields); Parquet values are what
 `to_pylist()` gives.
 
-`SchemaBuilder` infers the Arrow schema of the input's own columns and `rows_table` turns a
-batch into a table of exactly that schema, so they can be kept next to the results.
+The schema of the input's own columns is `batcher.io.input_schema`'s; an input that can be
+read only once (standard input) is copied to a file first (`batcher.io.streams`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -32,6 +33,10 @@ import pyarrow.parquet as pq
 from batcher.errors import InputError, json_kind, one_line, os_problem, quote, show_path
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+KINDS = ("jsonl", "csv", "parquet")
+# A whole file compressed: read as a stream through pyarrow's codecs.
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bz2"}
 BATCH_BYTES = 32 << 20  # a JSONL/CSV batch ends after about this much text
 READ_BUFFER = 1 << 20
 MAX_LINE = 64 << 20  # the longest JSONL/CSV line read (a 10 MB prompt is fine)
@@ -59,19 +64,58 @@ class RowBatch:
         return f"{unit} {self.lines[i]}"
 
 
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """An input file: where it is, how it is read, and how messages name it."""
+
+    path: Path
+    kind: str  # "jsonl" | "csv" | "parquet"
+    compression: str | None = None  # the whole file: "gzip", "zstd", "bz2"
+    name: str = ""  # as messages show it: the path as given, "-" for standard input
+
+    @classmethod
+    def of(
+        cls, path: str | os.PathLike[str], fmt: str | None = None, *, name: str | None = None
+    ) -> InputFile:
+        """The file at `path`: its kind from `fmt` (--input-format), else its name
+        (`x.jsonl`, `x.csv.gz`, `x.parquet`); a whole-file compression from its name or
+        its first bytes."""
+        path = Path(path)
+        shown = show_path(name if name is not None else path)
+        suffixes = [s.lower() for s in path.suffixes[-2:]]
+        compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+        if compression is not None:
+            suffixes = suffixes[:-1]
+        elif path.is_file():
+            compression = _sniff_compression(path)
+        kind = fmt or (FORMATS.get(suffixes[-1]) if suffixes else None)
+        if kind is None:
+            suffix = "".join(path.suffixes[-2:])
+            raise InputError(
+                f"{shown}: unknown file type {quote(suffix)} (expected .jsonl, .parquet or "
+                ".csv, also compressed: .jsonl.gz, .csv.zst; or say --input-format)"
+            )
+        if kind == "parquet" and compression is not None:
+            raise InputError(f"{shown}: a compressed Parquet file: Parquet compresses itself")
+        return cls(path, kind, compression, shown)
+
+
+def _sniff_compression(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None  # the reader says what is wrong
+    return next((c for magic, c in MAGIC.items() if head.startswith(magic)), None)
+
+
 def file_kind(path: str | os.PathLike[str]) -> str:
-    """ "jsonl", "csv" or "parquet" from the extension (case-insensitive)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise InputError(
-            f"{show_path(path)}: unknown file type {quote(suffix)} "
-            "(expected .jsonl, .parquet or .csv)"
-        )
-    return FORMATS[suffix]
+    """ "jsonl", "csv" or "parquet" from the name (case-insensitive)."""
+    return InputFile.of(path).kind
 
 
 def read_batches(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | InputFile,
     *,
     limit: int | None = None,
     batch_rows: int = 4096,
@@ -93,9 +137,9 @@ def read_batches(
         raise ValueError(f"limit must be at least 1, got {limit}")
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-    kind = file_kind(path)
-    source = show_path(path)
-    with _open(path, source) as f:
+    file = path if isinstance(path, InputFile) else InputFile.of(path)
+    kind, source = file.kind, file.name
+    with _open(file, source) as f:
         try:
             if kind == "parquet":
                 if digest is not None:
@@ -116,11 +160,36 @@ def read_batches(
         raise InputError(f"{source}: no rows")
 
 
-def _open(path: str | os.PathLike[str], source: str) -> IO[bytes]:
+def _open(file: InputFile, source: str) -> IO[bytes]:
     try:
-        return open(path, "rb", buffering=READ_BUFFER)
-    except (OSError, ValueError) as exc:
+        if file.compression is None:
+            return open(file.path, "rb", buffering=READ_BUFFER)
+        stream = pa.input_stream(str(file.path), compression=file.compression)
+        return io.BufferedReader(_Raw(stream), buffer_size=READ_BUFFER)
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"{source}: {os_problem(exc)}") from None
+
+
+class _Raw(io.RawIOBase):
+    """A pyarrow stream (a decompressing one) as a raw file, for a BufferedReader."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._stream.read(len(buffer))
+        except pa.ArrowException as exc:  # a corrupt compressed stream
+            raise OSError(f"cannot decompress: {one_line(str(exc))}") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
 
 
 def _lines(f: IO[bytes], source: str, digest: Any) -> Iterator[bytes]:
@@ -329,140 +398,11 @@ def _not_parquet(source: str, exc: Exception) -> InputError:
     return InputError(f"{source}: not a readable Parquet file: {reason}")
 
 
-# --- Schema of the input's own columns --------------------------------------------------
-
-_NULL, _BOOL, _INT, _FLOAT, _STR, _OTHER = 1, 2, 4, 8, 16, 32
-_BITS = {type(None): _NULL, bool: _BOOL, int: _INT, float: _FLOAT, str: _STR}
-
-
-class SchemaBuilder:
-    """Infers the Arrow schema of the input's columns, in first-seen order, batch by batch.
-
-    Parquet: the file's own schema. JSONL/CSV, per column from the value types seen (nulls
-    aside): only bool -> bool; only int -> int64; int and float, or float -> float64; only
-    str, or only nulls -> string; anything else (lists, objects, mixes) -> string, holding
-    compact JSON for the values that are not strings. CSV values are strings, so CSV columns
-    are strings. Unreadable rows have no columns.
-    """
-
-    def __init__(self) -> None:
-        self._masks: dict[str, int] = {}
-        self._fixed: pa.Schema | None = None
-
-    def add(self, batch: RowBatch) -> None:
-        if batch.arrow is not None:
-            if self._fixed is None:
-                self._fixed = batch.arrow.schema
-            return
-        masks = self._masks
-        for row in batch.rows:
-            for name, value in row.items():
-                bit = _BITS.get(type(value), _OTHER)
-                if bit == _INT and not INT64_MIN <= value <= INT64_MAX:
-                    bit = _OTHER
-                masks[name] = masks.get(name, 0) | bit
-
-    def schema(self) -> pa.Schema:
-        if self._fixed is not None:
-            return self._fixed
-        return pa.schema([(name, _arrow_type(mask)) for name, mask in self._masks.items()])
-
-
-def _arrow_type(mask: int) -> pa.DataType:
-    mask &= ~_NULL
-    if mask == _BOOL:
-        return pa.bool_()
-    if mask == _INT:
-        return pa.int64()
-    if mask in (_FLOAT, _INT | _FLOAT):
-        return pa.float64()
-    return pa.string()
-
-
-def input_schema(path: str | os.PathLike[str], *, limit: int | None = None) -> pa.Schema:
-    """The inferred schema of the input's own columns (one pass over the file)."""
-    builder = SchemaBuilder()
-    for batch in read_batches(path, limit=limit):
-        builder.add(batch)
-    return builder.schema()
-
-
-def rows_table(batch: RowBatch, schema: pa.Schema) -> pa.Table:
-    """The batch's rows as a table of exactly `schema` (from `SchemaBuilder`), values
-    converted as its rules say; unreadable rows and values that do not fit become null."""
-    if batch.arrow is not None and batch.arrow.schema.equals(schema):
-        return pa.Table.from_batches([batch.arrow])
-    arrays = []
-    for f in schema:
-        values = [None if i in batch.bad else row.get(f.name) for i, row in enumerate(batch.rows)]
-        arrays.append(pa.array(_convert(values, f.type), type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _convert(values: list[Any], kind: pa.DataType) -> list[Any]:
-    if kind == pa.string():
-        return [v if v is None or type(v) is str else compact_json(v) for v in values]
-    if kind == pa.int64():
-        return [v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in values]
-    if kind == pa.float64():
-        return [float(v) if type(v) in (int, float) else None for v in values]
-    if kind == pa.bool_():
-        return [v if type(v) is bool else None for v in values]
-    return values
-
-
-def compact_json(value: Any) -> str:
-    """Compact JSON text of a value; odd types (bytes, Decimal) as their str()."""
-    try:
-        return orjson.dumps(value, default=str).decode()
-    except (TypeError, orjson.JSONEncodeError):  # nested over 254 levels, ints over 64 bits
-        pass
-    try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    except (RecursionError, TypeError, ValueError):
-        return _deep_json(value)
-
-
-def _deep_json(value: Any) -> str:
-    """Compact JSON without recursion, for values nested deeper than the stack allows."""
-    out: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, _Text):
-            out.append(item)
-        elif isinstance(item, dict):
-            stack.append(_Text("}"))
-            for j, (key, sub) in enumerate(reversed(list(item.items()))):
-                stack.append(sub)
-                stack.append(_Text(json.dumps(str(key), ensure_ascii=False) + ":"))
-                if j < len(item) - 1:
-                    stack.append(_Text(","))
-            stack.append(_Text("{"))
-        elif isinstance(item, (list, tuple)):
-            stack.append(_Text("]"))
-            for j, sub in enumerate(reversed(item)):
-                stack.append(sub)
-                if j < len(item) - 1:
-                    stack.append(_Text(","))
-            stack.append(_Text("["))
-        else:
-            out.append(json.dumps(item, ensure_ascii=False, default=str))
-    return "".join(out)
-
-
-class _Text(str):
-    """Already-encoded JSON text on the `_deep_json` stack."""
-
-
 __all__ = [
+    "InputFile",
     "RowBatch",
-    "SchemaBuilder",
-    "compact_json",
     "file_kind",
-    "input_schema",
     "quote",
     "read_batches",
-    "rows_table",
     "show_path",
 ]

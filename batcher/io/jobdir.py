@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batcher.errors import UsageError
+from batcher.errors import UsageError, os_problem
 from batcher.io.columns import KEY_NAMES, PART_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,20 @@ class JobDir:
     def spool(self) -> Path:
         return self.path / SPOOL
 
+    @property
+    def input_copy(self) -> Path:
+        """Where an input that can be read only once (standard input) is copied for a run."""
+        return self.output.with_name(f".{self.output.name}.input")
+
     def check_output(self) -> None:
         """Fail before anything is sent if OUT cannot be written (its folder is made)."""
         output = self.output
         if output.is_dir():
             raise UsageError(f"{output}: the output path is a directory")
+        if output.suffix.lower() not in ("", ".parquet", ".pq"):
+            raise UsageError(
+                f"{output}: batcher writes Parquet; name the output .parquet (not {output.suffix})"
+            )
         parent = output.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +97,11 @@ class JobDir:
     def lock(self) -> Iterator[None]:
         """One job at a time per OUT: a second would send (and bill) every row again."""
         path = self.output.with_name(f".{self.output.name}.lock")
-        handle = open(path, "a+")  # noqa: SIM115 - held for the whole job
+        try:
+            handle = open(path, "a+")  # noqa: SIM115 - held for the whole job
+        except OSError as exc:
+            problem = os_problem(exc)
+            raise UsageError(f"{path}: cannot lock {self.output} with it: {problem}") from None
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,6 +122,7 @@ class JobDir:
                 tmp.unlink()
         for stone in parent.glob(f"{TOMBSTONE}*{self.path.name}"):
             shutil.rmtree(stone, ignore_errors=True)
+        shutil.rmtree(self.input_copy, ignore_errors=True)
 
     def create(self) -> None:
         self.path.mkdir(exist_ok=True)

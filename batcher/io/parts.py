@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from batcher.errors import StorageError
@@ -164,3 +165,15 @@ def write_problem(exc: OSError) -> str:
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "too many open files"
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+@contextlib.contextmanager
+def saving(path: Path, state: str) -> Iterator[None]:
+    """A write that fails for want of disk (or any OS reason) as a one-line StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"{write_problem(exc)} writing {path}: {state}; free space and run the same "
+            "command again"
+        ) from None

@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 
 from batcher.errors import UsageError, quote
-from batcher.io.inputs import RowBatch, compact_json
+from batcher.io.input_schema import compact_json
+from batcher.io.inputs import RowBatch
 from batcher.io.templates import RowProblem, compile_template
 from batcher.types import Request, canonical_json, estimate_tokens, max_tokens_of, request_hash
 
@@ -197,6 +198,12 @@ class RequestBuilder:
 
     def _messages(self, row: dict[str, Any], is_csv: bool) -> list[dict[str, Any]]:
         spec = self.spec
+        if (self.conversation or self.template) and row.get(spec.messages_column) not in (None, ""):
+            option = "--messages-template" if self.conversation else "--template"
+            raise RowProblem(
+                f"the row has {quote(spec.messages_column)} and {option} would replace them; "
+                f"drop {option}, or name another --messages-column"
+            )
         if self.conversation:
             messages = [{**meta, "content": t.render(row)} for meta, t in self.conversation]
             return self._with_system(messages, row)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from batcher.errors import InputError, os_problem, quote, show_path
-from batcher.io.inputs import compact_json
+from batcher.io.input_schema import compact_json
 
 
 class RowProblem(Exception):

@@ -284,7 +284,12 @@ BAD_INPUTS = [
         b'{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n',
         "line 2: duplicate id '1' (first at line 1)",
     ),
-    ("prompts.txt", b"hello\n", "unknown file type '.txt' (expected .jsonl, .parquet or .csv)"),
+    (
+        "prompts.txt",
+        b"hello\n",
+        "unknown file type '.txt' (expected .jsonl, .parquet or .csv, also compressed:"
+        " .jsonl.gz, .csv.zst; or say --input-format)",
+    ),
 ]
 
 

@@ -14,14 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InputError
-from batcher.io.inputs import (
-    BATCH_BYTES,
-    RowBatch,
-    SchemaBuilder,
-    compact_json,
-    input_schema,
-    read_batches,
-    rows_table,
+from batcher.io.input_schema import SchemaBuilder, compact_json, input_schema, rows_table
+from batcher.io.inputs import BATCH_BYTES, RowBatch, read_batches
+
+EXPECTED_TYPES = (
+    "(expected .jsonl, .parquet or .csv, also compressed: .jsonl.gz, .csv.zst;"
+    " or say --input-format)"
 )
 
 
@@ -151,11 +149,9 @@ def test_blank_jsonl_and_header_only_csv_have_no_rows(tmp_path):
 
 def test_unknown_extension(tmp_path):
     path = write(tmp_path, "in.json", "{}")
-    assert error_of(path) == (
-        f"{path}: unknown file type '.json' (expected .jsonl, .parquet or .csv)"
-    )
+    assert error_of(path) == f"{path}: unknown file type '.json' {EXPECTED_TYPES}"
     path = write(tmp_path, "noext", "{}")
-    assert error_of(path) == f"{path}: unknown file type '' (expected .jsonl, .parquet or .csv)"
+    assert error_of(path) == f"{path}: unknown file type '' {EXPECTED_TYPES}"
 
 
 def test_missing_file_and_directory(tmp_path):

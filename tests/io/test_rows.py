@@ -199,10 +199,15 @@ def test_template_row(tmp_path):
     ]
 
 
-def test_template_wins_over_prompt_and_messages(tmp_path):
-    path = jsonl(tmp_path, {"prompt": "p", "messages": [user("m")], "text": "t"})
+def test_template_wins_over_prompt_but_never_replaces_messages(tmp_path):
+    path = jsonl(tmp_path, {"prompt": "p", "text": "t"})
     spec = RequestSpec(models=("m",), template="T: {text}")
     assert bodies(spec, path)[0]["messages"] == [user("T: t")]
+    path = jsonl(tmp_path, {"prompt": "p", "messages": [user("m")], "text": "t"})
+    assert input_error(spec, path) == (
+        f"{path}: line 1: the row has 'messages' and --template would replace them;"
+        " drop --template, or name another --messages-column"
+    )
 
 
 def test_template_field_names_no_column(tmp_path):
