@@ -68,7 +68,8 @@ class AttemptError(BatcherError):
         self.job_fatal = job_fatal
         # True for a 429 about too many requests in flight: the cure is fewer, not slower.
         self.concurrency = concurrency
-        # What a billed reply that was rejected all the same (a 200 without choices) used.
+        # What the attempt was billed, when it may have been: a reply rejected all the same
+        # (a 200 without choices), or unknown usage for a reply cut short or timed out.
         self.usage: Usage | None = None
 
     def __repr__(self) -> str:  # never the request, never headers
@@ -95,7 +96,8 @@ def os_problem(exc: BaseException) -> str:
         return "permission denied"
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text"
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    strerror = getattr(exc, "strerror", None)
+    reason = strerror.lower() if strerror else str(exc) or type(exc).__name__
     return f"cannot read: {one_line(reason)}"
 
 

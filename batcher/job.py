@@ -451,6 +451,10 @@ class Job:
             )
         return tally
 
+    def _unpriced(self, models: dict[str, Totals]) -> set[str]:
+        """Models without a price whose rows no server put a cost on."""
+        return {m for m, t in models.items() if self.prices.get(m) is None and not t.cost_usd}
+
     def _summary(
         self,
         output: Path | None,
@@ -473,7 +477,7 @@ class Job:
             latency_p95=overall.latency_p95,
             wall_s=time.time() - started,
             sent=self.engine.sent,
-            unpriced=tuple(sorted(overall.unpriced_models)),
+            unpriced=tuple(sorted(overall.unpriced_models | self._unpriced(models))),
             resumed=found.done,
             cache_hits=self.cache.hits if self.cache is not None else 0,
             stop_reason=self.engine.stop_reason,

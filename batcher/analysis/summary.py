@@ -26,7 +26,9 @@ class JobSummary:
     latency_p95: float | None
     wall_s: float
     sent: int  # HTTP attempts made by this run
-    unpriced: tuple[str, ...] = ()  # models whose cost is unknown (no price, no server cost)
+    # models whose cost is unknown: no price, and no server-stated cost (an unbilled error
+    # costs nothing, but the model's line shows no "$0.0000" that looks like a price)
+    unpriced: tuple[str, ...] = ()
     resumed: int = 0  # requests already done by earlier runs of this OUT
     cache_hits: int = 0  # requests answered from the response cache
     stop_reason: str | None = None
@@ -36,7 +38,7 @@ class JobSummary:
     @property
     def cost_usd(self) -> float | None:
         """The job's cost; None when a row's cost is unknown (no price, no usage)."""
-        if any(m.unpriced for m in self.models.values()):
+        if self.unpriced or any(m.unpriced for m in self.models.values()):
             return None
         costs = [m.cost_usd for m in self.models.values() if m.cost_usd is not None]
         return sum(costs) if costs else None
@@ -53,7 +55,7 @@ class JobSummary:
             "ok": self.ok,
             "errors": self.errors,
             "errors_by_type": dict(self.errors_by_type),
-            "models": {m: _model_dict(t) for m, t in self.models.items()},
+            "models": {m: _model_dict(t, m in self.unpriced) for m, t in self.models.items()},
             "cost_usd": self.cost_usd,
             "latency_p50": self.latency_p50,
             "latency_p95": self.latency_p95,
@@ -99,9 +101,10 @@ def render(summary: JobSummary) -> list[str]:
     for name, m in summary.models.items():
         lines.append(
             f"  {name}: {m.ok}/{m.requests} ok, {m.prompt_tokens} tokens in, "
-            f"{m.completion_tokens} out{_cost(m)}"
+            f"{m.completion_tokens} out{'' if name in summary.unpriced else _cost(m)}"
         )
-    known = [m.cost_usd for m in summary.models.values() if m.cost_usd is not None]
+    priced = [m for name, m in summary.models.items() if name not in summary.unpriced]
+    known = [m.cost_usd for m in priced if m.cost_usd is not None]
     unknown = sum(m.unpriced for m in summary.models.values())
     if known and not unknown:
         lines.append(f"cost: ${sum(known):.4f}")
@@ -112,8 +115,8 @@ def render(summary: JobSummary) -> list[str]:
     unsaid = sum(m.unknown_usage for m in summary.models.values())
     if unsaid:
         lines.append(
-            f"usage unknown for {unsaid} billed rows (the server did not say, or said "
-            "nonsense): their tokens and cost are left empty"
+            f"usage unknown for {unsaid} rows that were or may have been billed (the server "
+            "did not say, said nonsense, or timed out): their tokens and cost are left empty"
         )
     if summary.latency_p50 is not None:
         lines.append(
@@ -143,11 +146,11 @@ def _cost(m: Totals) -> str:
     return f", ${m.cost_usd:.4f}"
 
 
-def _model_dict(totals: Totals) -> dict:
+def _model_dict(totals: Totals, unpriced: bool) -> dict:
     return {
         "requests": totals.requests,
         "ok": totals.ok,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
-        "cost_usd": totals.cost_usd,
+        "cost_usd": None if unpriced else totals.cost_usd,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -16,8 +17,38 @@ from batcher.cli.analysis import cost, estimate, report, status
 from batcher.cli.mock import mock_server
 from batcher.cli.run import run
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class Batcher(click.Group):
+    """The `batcher` group: a usage error is one line, like every other error of batcher's
+    (click's own form adds the usage and a hint on three more)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NO_ARGS_IS_HELP as exc:  # bare `batcher`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            see = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{see}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(
+    cls=Batcher,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "--version", prog_name="batcher")
 def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
@@ -35,7 +66,7 @@ def entry() -> None:
         from batcher.io.columns import skip_pandas_probe
 
         skip_pandas_probe()
-    main()
+    main(prog_name="batcher")  # also as `python -m batcher`
 
 
 def open_standard_streams() -> None:

@@ -27,7 +27,12 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 @click.command(context_settings={"auto_envvar_prefix": "BATCHER"})
 @job_options
 @click.option("--dry-run", is_flag=True, help="Print the request count and first bodies.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar or summary (a stop before the end is still said).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
@@ -70,6 +75,8 @@ def execute(job: Any, quiet: bool) -> int:
     if not quiet:
         for line in render(summary):
             click.echo(line, err=True)
+    elif summary.stop_reason:  # why some rows were not sent is never left unsaid
+        click.echo(f"stopped early: {summary.stop_reason}", err=True)
     try:
         click.echo(str(summary.output))
         sys.stdout.flush()

@@ -106,7 +106,10 @@ USAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(Usage))
 
 
 def _reply(data: dict) -> Reply:
-    """A stored reply; fields another version added are left out, missing ones default."""
+    """A stored reply; fields another version added are left out, missing ones default.
+    ValueError or TypeError when the entry is not a stored reply at all."""
+    if not isinstance(data, dict) or not isinstance(data.get("usage") or {}, dict):
+        raise ValueError(f"not a stored reply: {type(data).__name__}")
     usage = data.get("usage") or {}
     fields = {k: v for k, v in data.items() if k in REPLY_FIELDS and k != "usage"}
     return Reply(**fields, usage=Usage(**{k: v for k, v in usage.items() if k in USAGE_FIELDS}))

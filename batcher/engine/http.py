@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,9 +41,10 @@ class Attempt:
 
     @property
     def billed(self) -> Usage | None:
-        """What this attempt was billed: a reply's usage; for an answer that was rejected,
-        the usage its body stated, else unknown when it came with a 200 (the server made
-        it) and nothing for any other failure (None)."""
+        """What this attempt was billed: a reply's usage; for a failure the server may have
+        billed (a rejected answer, a reply cut short or timed out), what its body stated or
+        unknown usage; nothing (None) for any other failure: an error status, no
+        connection."""
         if self.reply is not None:
             return self.reply.usage
         if self.error is not None and self.error.usage is not None:
@@ -169,17 +171,37 @@ def map_exception(exc: BaseException) -> AttemptError:
         detail = name
     if isinstance(exc, PERMANENT_ERRORS):  # TLS, certificate, a URL that cannot work
         return FatalError(ErrorType.CONNECTION_ERROR, f"{name}: {detail}", job_fatal=True)
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return RetryableError(ErrorType.TIMEOUT, "no complete reply before the timeout")
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # sock_connect (there is no sock_read)
+        return RetryableError(ErrorType.TIMEOUT, "could not connect before the timeout")
+    if isinstance(exc, asyncio.TimeoutError):  # the request went out: it may be billed
+        return _maybe_billed(
+            RetryableError(ErrorType.TIMEOUT, "no complete reply before the timeout")
+        )
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return RetryableError(ErrorType.CONNECTION_ERROR, "server closed the connection")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return RetryableError(ErrorType.CONNECTION_ERROR, f"reply body cut short: {detail}")
+    if isinstance(exc, aiohttp.ClientPayloadError):  # a reply was on its way
+        return _maybe_billed(
+            RetryableError(ErrorType.CONNECTION_ERROR, f"reply body cut short: {detail}")
+        )
     if isinstance(exc, aiohttp.ClientResponseError):
         return RetryableError(ErrorType.BAD_RESPONSE, f"malformed HTTP reply: {detail}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        try:
+            where, error = f" to {exc.host}:{exc.port}", exc.os_error
+            reason = os.strerror(error.errno) if error.errno else str(error) or name
+        except AttributeError:  # half-built
+            where, reason = "", detail
+        return RetryableError(ErrorType.CONNECTION_ERROR, f"cannot connect{where}: {reason}")
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return RetryableError(ErrorType.CONNECTION_ERROR, f"{name}: {detail}")
     return RetryableError(ErrorType.BAD_RESPONSE, f"{name}: {detail}")
+
+
+def _maybe_billed(error: AttemptError) -> AttemptError:
+    """An attempt the server may have made a reply for, and billed: its usage is unknown
+    (the row's tokens and cost are then null, and --max-cost counts its worst case)."""
+    error.usage = UNKNOWN_USAGE
+    return error
 
 
 def new_session(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batcher.errors import InputError, os_problem, quote
+from batcher.errors import InputError, UsageError, os_problem, quote
 from batcher.io.input_schema import SchemaBuilder
 from batcher.io.inputs import InputFile, RowBatch, read_batches
 from batcher.io.resume import DoneIndex
@@ -143,6 +143,12 @@ def check_input(
         raise InputError(f"{source}: changed while it was being read; run again once it is whole")
     _check_duplicates(ids, lambda: _ids(spec, file, limit), source)
     found = schema.schema()
+    missing = [name for name in spec.body_columns if name not in found.names]
+    if missing:
+        raise UsageError(
+            f"--body-columns: no input column {quote(missing[0])} "
+            f"(columns: {', '.join(found.names)})"
+        )
     return InputScan(
         rows=tally.rows,
         requests=tally.requests,

@@ -209,7 +209,9 @@ def kept_columns(keep: str | tuple[str, ...], schema: pa.Schema) -> list[str] | 
         return None
     missing = [c for c in keep if c not in names]
     if missing:
-        raise UsageError(f"--keep-columns: no input column '{missing[0]}'")
+        raise UsageError(
+            f"--keep-columns: no input column '{missing[0]}' (columns: {', '.join(names)})"
+        )
     return list(keep)
 
 

@@ -90,6 +90,10 @@ class InputFile:
             compression = _sniff_compression(path)
         kind = fmt or (FORMATS.get(suffixes[-1]) if suffixes else None)
         if kind is None:
+            try:  # a file that cannot be read says so before its name is questioned
+                os.stat(path)
+            except OSError as exc:
+                raise InputError(f"{shown}: {os_problem(exc)}") from None
             suffix = "".join(path.suffixes[-2:])
             raise InputError(
                 f"{shown}: unknown file type {quote(suffix)} (expected .jsonl, .parquet or "

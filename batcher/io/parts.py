@@ -18,11 +18,13 @@ import concurrent.futures
 import contextlib
 import errno
 import functools
+import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from batcher.errors import StorageError
+from batcher.errors import StorageError, one_line
 from batcher.io.columns import results_table
 from batcher.io.jobdir import JobDir, write_atomic
 from batcher.types import Result
@@ -110,7 +112,10 @@ class PartWriter:
         if self.failure is None:
             self.failure = exc if isinstance(exc, OSError) else OSError(str(exc))
             if self.on_failure is not None:
-                self.on_failure(f"cannot save results: {write_problem(self.failure)}")
+                self.on_failure(
+                    f"cannot save results: {write_problem(self.failure)}; "
+                    f"{remedy(self.failure)} to send the rest"
+                )
 
     async def _save_last(self, rest: list[Result]) -> None:
         """Write what is left; after a failure, try again a few times before giving up."""
@@ -129,10 +134,11 @@ class PartWriter:
             self.saved += len(rest)
             return
         assert self.failure is not None
+        kept = f" ({self.saved} saved by this run)" if self.job_dir.exists() else ""
         raise StorageError(
             f"{write_problem(self.failure)} writing results to {self.job_dir.path}: {len(rest)} "
-            f"finished results could not be saved and will be sent again ({self.saved} saved "
-            "by this run); free space and run the same command again"
+            f"finished results could not be saved and will be sent again{kept}; "
+            f"{remedy(self.failure)}"
         )
 
     async def _tick(self) -> None:
@@ -160,11 +166,36 @@ class PartWriter:
 
 def write_problem(exc: OSError) -> str:
     """A write failure in a few words: "disk full", "too many open files", ..."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    code = errno_of(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "disk full"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
+    if code in (errno.EMFILE, errno.ENFILE):
         return "too many open files"
-    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+    if code is not None:
+        return os.strerror(code).lower()
+    return one_line(exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def remedy(exc: OSError) -> str:
+    """What to do about a write failure: "free space and run the same command again", ..."""
+    code = errno_of(exc)
+    if code in (errno.EMFILE, errno.ENFILE):
+        fix = "raise `ulimit -n` or lower -c,"
+    elif code == errno.ENOENT:
+        fix = "its folder was removed while the job ran: make it again,"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable"
+    else:
+        fix = "free space"
+    return f"{fix} and run the same command again"
+
+
+def errno_of(exc: OSError) -> int | None:
+    """The error number of an OSError, also of pyarrow's, which has it only in its text."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager
@@ -173,7 +204,4 @@ def saving(path: Path, state: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise StorageError(
-            f"{write_problem(exc)} writing {path}: {state}; free space and run the same "
-            "command again"
-        ) from None
+        raise StorageError(f"{write_problem(exc)} writing {path}: {state}; {remedy(exc)}") from None

@@ -202,7 +202,10 @@ def test_keep_columns(cli, tmp_path):
     assert read(out).column_names == list(OUTPUT_TYPES)
     result = cli(*args, "--keep-columns", "nope", "--fresh")
     assert result.exit_code == 2
-    assert result.stderr == "Error: --keep-columns: no input column 'nope'\n"
+    assert result.stderr == (
+        "Error: --keep-columns: no input column 'nope' (columns: id, product, category, "
+        "rating, text, expected_sentiment, expected_topic)\n"
+    )
 
 
 def test_some_rows_in_error_exit_1(cli, tmp_path):

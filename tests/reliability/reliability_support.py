@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow.parquet as pq
 from aiohttp import web
@@ -87,18 +88,31 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+_RUN_BATCHER = """
+import runpy
+runpy.run_module("batcher", run_name="__main__", alter_sys=True)
+"""
+
+
 class Batcher:
     """`python -m batcher ARGS` in a subprocess; stdout and stderr go to temporary files.
 
-    With `measure_rss`, it runs under a small wrapper that reports its peak RSS."""
+    With `measure_rss`, it runs under a small wrapper that reports its peak RSS; with
+    `prelude`, that Python code runs first in the same process (to inject a fault)."""
 
     def __init__(
-        self, *args: object, env: dict[str, str] | None = None, measure_rss: bool = False
+        self,
+        *args: object,
+        env: dict[str, str] | None = None,
+        measure_rss: bool = False,
+        prelude: str | None = None,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     ) -> None:
         # closed in wait(), after the process is reaped
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
-        command = [sys.executable, "-m", "batcher", *map(str, args)]
+        start = ["-m", "batcher"] if prelude is None else ["-c", prelude + _RUN_BATCHER]
+        command = [sys.executable, *start, *map(str, args)]
         self._rss_file: str | None = None
         if measure_rss:
             fd, self._rss_file = tempfile.mkstemp(prefix="batcher-rss-")
@@ -107,7 +121,7 @@ class Batcher:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             command,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=self._out,
             stderr=self._err,
             env=clean_env() if env is None else env,
@@ -156,9 +170,10 @@ def run_batcher(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
     measure_rss: bool = False,
+    prelude: str | None = None,
 ) -> Ran:
     """Run `python -m batcher ARGS` to its end."""
-    return Batcher(*args, env=env, measure_rss=measure_rss).wait(timeout)
+    return Batcher(*args, env=env, measure_rss=measure_rss, prelude=prelude).wait(timeout)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
