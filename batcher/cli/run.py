@@ -1,8 +1,9 @@
 """`batcher run`: the job with a progress bar, signal handling, the summary and the exit code.
 
 Exit codes: 0 every row ok; 1 some rows ended in error or the job stopped early (the output
-is still written); 2 usage or input errors, found before anything was sent; 130 / 143 after
-Ctrl-C / SIGTERM (finished results stay durable; the same command resumes).
+is still written); 2 usage or input errors, found before anything was sent; 74 a write failed
+(disk full, standard output full, ...); 129 / 130 / 143 after SIGHUP / Ctrl-C / SIGTERM
+(finished results stay durable; the same command resumes).
 """
 
 from __future__ import annotations
