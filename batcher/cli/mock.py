@@ -38,7 +38,25 @@ from batcher.cli.options import CliError
 @click.option(
     "--usage-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
 )
-@click.option("--ratelimit-headers", is_flag=True, help="Send x-ratelimit-* headers.")
+@click.option(
+    "--rpm-window",
+    type=float,
+    metavar="SECONDS",
+    help="Enforce --rpm over this span, as real servers do (600 rpm over 1 s: 10 a second).",
+)
+@click.option(
+    "--rpm-schedule",
+    metavar="S:RPM,...",
+    help="Change --rpm as the run goes on: '20:200,80:600' (seconds after the first request).",
+)
+@click.option(
+    "--ratelimit-style",
+    type=click.Choice(["retry-after", "retry-after-ms", "headers", "bare"]),
+    default="retry-after",
+    show_default=True,
+    help="429s with retry-after; with retry-after-ms and x-ratelimit-*; x-ratelimit-* on "
+    "every reply (OpenAI); or bare 429s with no header (Octen).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--log",
@@ -59,6 +77,7 @@ def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **op
             raise CliError(f"--api-key-env: ${api_key_env} is not set")
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
     try:
+        opts["rpm_schedule"] = _schedule(opts["rpm_schedule"])
         config = MockConfig(api_key=api_key, faults=kinds, **opts)
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -66,3 +85,19 @@ def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **op
         serve(config, host, port, ready=lambda url: click.echo(f"Mock API listening on {url}"))
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _schedule(text: str | None) -> tuple[tuple[float, int], ...]:
+    """'20:200,80:600' -> ((20.0, 200), (80.0, 600))."""
+    if not text:
+        return ()
+    pairs = []
+    for part in text.split(","):
+        after, _, rpm = part.partition(":")
+        try:
+            pairs.append((float(after), int(rpm)))
+        except ValueError:
+            raise ValueError(
+                f"--rpm-schedule: {part.strip()!r} is not SECONDS:RPM (e.g. 20:200)"
+            ) from None
+    return tuple(pairs)

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from batcher.mock.faults import FAULT_KINDS
 
 _STYLES = ("openai", "octen")
+# How 429s for the rpm limit (and other replies) carry rate-limit headers:
+# retry-after     429s say `retry-after` (whole seconds), nothing else does
+# retry-after-ms  429s say `retry-after-ms`, `retry-after` and x-ratelimit-* (limit, remaining)
+# headers         every reply says x-ratelimit-*, 429s `retry-after` too (OpenAI)
+# bare            429s carry no header at all (Octen)
+RATELIMIT_STYLES = ("retry-after", "retry-after-ms", "headers", "bare")
 
 
 @dataclass(frozen=True)
@@ -18,11 +24,13 @@ class MockConfig:
     fail_rate: float = 0.0
     faults: tuple[str, ...] = ("429", "500", "502", "503", "drop")
     rpm: int | None = None
+    rpm_window: float | None = None  # seconds the rpm is enforced over (None: a minute)
+    rpm_schedule: tuple[tuple[float, int], ...] = ()  # (seconds after the first request, rpm)
     max_concurrency: int | None = None
     api_key: str | None = None
     error_style: str = "openai"
     usage_style: str = "openai"
-    ratelimit_headers: bool = False
+    ratelimit_style: str = "retry-after"
     hang_seconds: float = 3600.0
     seed: int = 0
     log_path: str | None = None
@@ -43,6 +51,15 @@ class MockConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")
+        object.__setattr__(self, "rpm_schedule", tuple(tuple(x) for x in self.rpm_schedule))
+        if self.rpm_window is not None and not self.rpm_window > 0:
+            raise ValueError("rpm_window must be > 0")
+        if any(after < 0 or rpm < 1 for after, rpm in self.rpm_schedule):
+            raise ValueError("rpm_schedule needs (seconds >= 0, rpm >= 1) pairs")
+        if self.rpm_schedule and self.rpm is None:
+            raise ValueError("rpm_schedule needs rpm (the limit before the first change)")
+        if self.ratelimit_style not in RATELIMIT_STYLES:
+            raise ValueError(f"ratelimit_style must be one of {', '.join(RATELIMIT_STYLES)}")
         if self.error_style not in _STYLES or self.usage_style not in _STYLES:
             raise ValueError(f"error_style and usage_style must be one of {', '.join(_STYLES)}")
 

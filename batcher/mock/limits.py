@@ -1,5 +1,6 @@
-"""The mock's requests-per-minute limit: a sliding window of admitted arrivals, its
-`x-ratelimit-*` headers and the Go-style durations they use."""
+"""The mock's requests-per-minute limit: a sliding window of admitted arrivals (over a minute
+or a shorter span, at a rpm that may change on a schedule), its `x-ratelimit-*` headers and
+the Go-style durations they use."""
 
 from __future__ import annotations
 
@@ -26,36 +27,72 @@ def go_duration(seconds: float) -> str:
 
 
 class RpmWindow:
-    """The arrival times of the requests admitted within the last `_WINDOW` seconds."""
+    """The arrival times of the requests admitted within the last window.
 
-    def __init__(self, rpm: int | None) -> None:
+    `rpm` requests a minute, enforced over `window` seconds as real servers do (600 rpm over
+    1 s: 10 in any second); without `window`, `rpm` requests per `_WINDOW` seconds. `schedule`
+    changes the rpm as time goes on: (seconds after the first request, rpm) pairs."""
+
+    def __init__(
+        self,
+        rpm: int | None,
+        window: float | None = None,
+        schedule: tuple[tuple[float, int], ...] = (),
+    ) -> None:
         self.rpm = rpm
+        self.window = window
+        self.schedule = tuple(sorted(schedule))
         self.arrivals: deque[float] = deque()
+        self.start: float | None = None
 
     def clear(self) -> None:
-        """Forget every arrival."""
+        """Forget every arrival (and when the schedule started)."""
         self.arrivals.clear()
+        self.start = None
+
+    def rpm_at(self, now: float) -> int | None:
+        """The rpm in force at `now`."""
+        if self.start is None:
+            self.start = now
+        rpm = self.rpm
+        for after, value in self.schedule:
+            if now - self.start >= after:
+                rpm = value
+        return rpm
+
+    def _span(self) -> float:
+        return self.window if self.window is not None else _WINDOW
+
+    def _capacity(self, rpm: int) -> int:
+        if self.window is None:
+            return rpm
+        return max(1, round(rpm * self.window / 60.0))
 
     def admit(self, now: float) -> bool:
-        """Let arrivals older than the window go; admit `now` (True) unless `rpm` are left."""
-        arrivals = self.arrivals
-        while arrivals and now - arrivals[0] >= _WINDOW:
+        """Let arrivals older than the window go; admit `now` (True) unless none are left."""
+        arrivals, span = self.arrivals, self._span()
+        while arrivals and now - arrivals[0] >= span:
             arrivals.popleft()
-        if self.rpm is not None and len(arrivals) >= self.rpm:
+        rpm = self.rpm_at(now)
+        if rpm is not None and len(arrivals) >= self._capacity(rpm):
             return False
         arrivals.append(now)
         return True
 
     def wait(self, now: float) -> float:
         """Seconds until the oldest arrival leaves the window (the window must not be empty)."""
-        return self.arrivals[0] + _WINDOW - now
+        return self.arrivals[0] + self._span() - now
 
     def headers(self, now: float) -> dict[str, str]:
-        """x-ratelimit-* headers for the current window."""
-        rpm = self.rpm or 0
+        """x-ratelimit-* headers for the current window: the limit a minute, what is left of
+        it at the window's pace, and when the oldest arrival leaves."""
+        rpm = self.rpm_at(now) or 0
+        left = max(0, self._capacity(rpm) - len(self.arrivals)) if rpm else 0
+        if self.window is not None:
+            left = int(left * 60.0 / self.window)
         reset = self.wait(now) if self.arrivals else 0.0
         return {
             "x-ratelimit-limit-requests": str(rpm),
-            "x-ratelimit-remaining-requests": str(max(0, rpm - len(self.arrivals))),
+            "x-ratelimit-remaining-requests": str(left),
             "x-ratelimit-reset-requests": go_duration(reset),
         }

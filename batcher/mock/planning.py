@@ -83,7 +83,7 @@ class Planner:
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
-        self.window = RpmWindow(config.rpm)
+        self.window = RpmWindow(config.rpm, config.rpm_window, config.rpm_schedule)
         self.faults = FaultPicker(config.seed, config.fail_rate, config.faults)
         self.in_flight = 0  # admitted attempts being answered on the slow path
         style = config.error_style
@@ -163,7 +163,7 @@ class Planner:
         if cfg.rpm is not None:
             if not self.window.admit(req.t):
                 return self.rpm_plan(req)
-            if cfg.ratelimit_headers:
+            if cfg.ratelimit_style == "headers":
                 headers = self.window.headers(req.t)
         fault, retry = self.faults.pick(req.model, req.texts, directives)
         plan = self.fault_plan(req, fault, retry, headers)
@@ -172,15 +172,20 @@ class Planner:
 
     def rpm_plan(self, req: Req) -> Plan:
         """429 for a request beyond the rpm window, with retry-after."""
-        rpm, now = self.config.rpm, req.t
+        now, style = req.t, self.config.ratelimit_style
+        rpm = self.window.rpm_at(now)
         wait = self.window.wait(now)
         message = (
             f"Rate limit reached for requests per min (RPM): Limit {rpm}, Used {rpm}, "
             f"Requested 1. Please try again in {math.ceil(wait)}s."
         )
         data = error_body(self.config.error_style, 429, message, "requests", "rate_limit_exceeded")
-        headers = {"retry-after": str(max(1, math.ceil(wait)))}
-        if self.config.ratelimit_headers:
+        headers: dict[str, str] = {}
+        if style == "retry-after-ms":
+            headers.update(retry_headers(wait))
+        elif style != "bare":
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+        if style in ("retry-after-ms", "headers"):
             headers.update(self.window.headers(now))
         return self.error_plan(req, 429, data, "rpm", headers)
 

@@ -778,7 +778,7 @@ def test_rpm_window_slides_with_the_clock_and_sends_ratelimit_headers() -> None:
     now = [1000.0]
 
     async def scenario() -> list[Reply]:
-        config = MockConfig(rpm=3, ratelimit_headers=True)
+        config = MockConfig(rpm=3, ratelimit_style="headers")
         async with MockServer(config) as server, aiohttp.ClientSession() as session:
             server._state.clock = lambda: now[0]
             replies = []
@@ -1050,3 +1050,66 @@ def test_config_faults_become_a_tuple_and_every_kind_is_known() -> None:
 )
 def test_go_duration(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+def _at_times(config: MockConfig, times: list[float]) -> list[Reply]:
+    now = [0.0]
+
+    async def scenario() -> list[Reply]:
+        async with MockServer(config) as server, aiohttp.ClientSession() as session:
+            server._state.clock = lambda: now[0]
+            replies = []
+            for i, t in enumerate(times):
+                now[0] = t
+                replies.append(await post(session, server, chat(f"at {i}")))
+            return replies
+
+    return run(scenario())
+
+
+def test_rpm_over_a_short_window_as_real_servers_enforce_it() -> None:
+    """600 rpm over 1 s: 10 in any second; the 11th waits for the first to leave. With
+    retry-after-ms style, the 429 says how long to the millisecond and the limit a minute."""
+    config = MockConfig(rpm=600, rpm_window=1.0, ratelimit_style="retry-after-ms")
+    times = [100.0 + 0.01 * i for i in range(11)] + [100.95, 101.0]
+    replies = _at_times(config, times)
+    assert [status for status, _, _ in replies] == [200] * 10 + [429, 429, 200]
+    _, headers, _ = replies[10]
+    picked = {k.lower(): v for k, v in headers.items() if k.lower().startswith(("retry", "x-rate"))}
+    assert picked == {
+        "retry-after-ms": "900",
+        "retry-after": "1",
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "900ms",
+    }
+    assert "x-ratelimit-limit-requests" not in replies[0][1]  # only 429s carry them
+
+
+def test_bare_429s_carry_no_header_and_every_reply_carries_them_in_headers_style() -> None:
+    bare = _at_times(MockConfig(rpm=60, rpm_window=1.0, ratelimit_style="bare"), [5.0, 5.1])
+    assert [s for s, _, _ in bare] == [200, 429]
+    assert not [k for k in bare[1][1] if k.lower().startswith(("retry", "x-rate"))]
+    every = _at_times(MockConfig(rpm=600, rpm_window=1.0, ratelimit_style="headers"), [7.0])
+    assert every[0][1]["x-ratelimit-limit-requests"] == "600"
+    assert every[0][1]["x-ratelimit-remaining-requests"] == "540"  # 9 of 10 left, a minute
+
+
+def test_a_schedule_changes_the_limit_mid_run() -> None:
+    """600 rpm over 1 s, 120 rpm (2 a second) from 20 s after the first request, 600 again
+    from 40 s."""
+    config = MockConfig(rpm=600, rpm_window=1.0, rpm_schedule=((20, 120), (40, 600)))
+    times = [10.0 + 0.01 * i for i in range(5)]  # the schedule starts at 10.0
+    times += [31.0, 31.01, 31.02]  # 21 s in: 2 a second
+    times += [51.0 + 0.01 * i for i in range(5)]  # 41 s in: 10 a second again
+    statuses = [s for s, _, _ in _at_times(config, times)]
+    assert statuses == [200] * 5 + [200, 200, 429] + [200] * 5
+
+
+def test_rpm_window_and_schedule_are_checked() -> None:
+    with pytest.raises(ValueError, match="rpm_window must be > 0"):
+        MockConfig(rpm=5, rpm_window=0)
+    with pytest.raises(ValueError, match="rpm_schedule needs rpm"):
+        MockConfig(rpm_schedule=((1, 5),))
+    with pytest.raises(ValueError, match="ratelimit_style must be one of"):
+        MockConfig(ratelimit_style="loud")
