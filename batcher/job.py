@@ -43,7 +43,7 @@ from batcher.io.parts import PartWriter, saving
 from batcher.io.resume import DoneIndex, earlier_results
 from batcher.io.rows import RequestSpec, sweep_grid
 from batcher.io.streams import in_daemon_thread, is_stream, spool_stream
-from batcher.io.templates import load_messages_template, read_text
+from batcher.io.templates import load_messages_template, text_or_file
 from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.spec import JobSpec
@@ -66,7 +66,9 @@ class Progress:
     errors: int
     prompt_tokens: int
     completion_tokens: int
-    note: str | None = None  # e.g. "paused 42 s: a 429 said retry-after"
+    note: str | None = (
+        None  # "paused 42 s: x-ratelimit-remaining-requests is 0", "~590 rpm from 429s"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +145,8 @@ class Job:
             models=spec.models
             or ((self.provider.default_model,) if self.provider.default_model else ()),
             params=self._params(),
-            system=_text(spec.system, spec.system_file, "--system-file"),
-            template=_text(spec.template, spec.template_file, "--template-file"),
+            system=text_or_file(spec.system, spec.system_file, "--system-file"),
+            template=text_or_file(spec.template, spec.template_file, "--template-file"),
             messages_template=load_messages_template(conversation) if conversation else None,
             prompt_column=spec.prompt_column,
             messages_column=spec.messages_column,
@@ -259,7 +261,8 @@ class Job:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
             engine = Engine(self.endpoint(base_url), self._settings())
             requests = spool.todo_requests(job_dir.spool)
-            self.engine = engine.start(requests, known=self.cache, budget=budget)
+            learned = job_dir.read_limits(self.identity_url)  # the mock: whatever port
+            self.engine = engine.start(requests, known=self.cache, budget=budget, learned=learned)
             if self.interrupted:
                 self.engine.stop("interrupted")
             sent, row_ranges = await self._send(job_dir, found)
@@ -375,6 +378,8 @@ class Job:
             if ticker is not None:
                 ticker.cancel()
             await run.aclose()
+            if learned := run.learned():
+                job_dir.write_limits(self.identity_url, learned)
         if self.progress is not None:
             self.progress(counts.progress(None))
         return Totals(requests=counts.done, ok=counts.ok), writer.row_ranges
@@ -384,7 +389,7 @@ class Job:
         assert self.progress is not None and self.engine is not None
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL)
-            self.progress(counts.progress(self.engine.pause_note()))
+            self.progress(counts.progress(self.engine.note()))
 
     def _assemble(
         self,
@@ -481,13 +486,10 @@ class Job:
             resumed=found.done,
             cache_hits=self.cache.hits if self.cache is not None else 0,
             stop_reason=self.engine.stop_reason,
+            learned=self.engine.learned(),
             interrupted=self.interrupted,
             job_dir=job_dir.path if job_dir is not None else None,
         )
-
-
-def _text(text: str | None, path: Path | None, option: str) -> str | None:
-    return read_text(path, option) if text is None and path is not None else text
 
 
 def iso(t: float) -> str:

@@ -259,3 +259,9 @@ class Result:
             request_hash=request.request_hash or None,
             **fields,
         )
+
+
+def describe_limit(name: str, value: tuple[float, str]) -> str:
+    """A learned limit in words: ("rpm", (600.0, "429s")) -> "600 rpm from 429s"."""
+    per_minute, source = value
+    return f"{per_minute:,.0f} {name} from {source}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from batcher.analysis.totals import Totals, group_totals
 from batcher.prices import UNPRICED_HINT
+from batcher.types import describe_limit
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class JobSummary:
     resumed: int = 0  # requests already done by earlier runs of this OUT
     cache_hits: int = 0  # requests answered from the response cache
     stop_reason: str | None = None
+    # rate limits learned per model: {"gpt-x": {"rpm": (600.0, "429s")}}
+    learned: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
     interrupted: bool = False
     job_dir: Path | None = None
 
@@ -130,6 +133,9 @@ def render(summary: JobSummary) -> list[str]:
             f"this run sent {summary.sent} HTTP requests; {summary.resumed} results were done "
             f"by earlier runs, {summary.cache_hits} came from the cache"
         )
+    for model, limits in summary.learned.items():
+        said = ", ".join(f"~{describe_limit(name, value)}" for name, value in limits.items())
+        lines.append(f"learned {said} for {model}")
     if summary.stop_reason:
         lines.append(f"stopped early: {summary.stop_reason}")
     if summary.output:

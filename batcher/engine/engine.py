@@ -10,8 +10,10 @@ A request's way through a run, one concern at a time:
     bad input ─► error row              (never sent)
     known     ─► the cached result      (engine.cache, checked by engine.reask)
     budget    ─► reserve the worst case (engine.budget), or stop the run
-    attempts  ─► limits, one POST, learn from the reply (engine.limits, engine.http)
-    retries   ─► while they may help    (engine.retry)
+    attempts  ─► limits, one POST, learn from the reply (engine.limits, engine.rates,
+                 engine.adaptive, engine.http)
+    retries   ─► while they may help: soon while the server is healthy, a trickle once it
+                 is failing (engine.retry)
     structured─► validate, re-ask       (engine.reask)
     outcome   ─► the row; job-fatal errors in a row stop the run (`FatalStreak`)
 """
@@ -32,7 +34,7 @@ from batcher.engine.limits import Limits
 from batcher.engine.pool import Pool
 from batcher.engine.reask import checked, validated
 from batcher.engine.results import error_result, to_result
-from batcher.engine.retry import RetryPolicy, with_retries
+from batcher.engine.retry import Health, RetryPolicy, with_retries
 from batcher.errors import AttemptError
 from batcher.providers import Endpoint
 from batcher.structured.validate import Validators
@@ -92,9 +94,14 @@ class Engine:
         *,
         known: ResultSource | None = None,
         budget: Budget | None = None,
+        learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
     ) -> EngineRun:
-        """A run over `requests`: iterate it for batches of results; `stop()` ends it."""
-        return EngineRun(self, requests, known=known, budget=budget)
+        """A run over `requests`: iterate it for batches of results; `stop()` ends it.
+        `learned`: the limits an earlier run learned (`EngineRun.learned()`), to start from."""
+        run = EngineRun(self, requests, known=known, budget=budget)
+        if learned:
+            run.resume(learned)
+        return run
 
     async def run(self, requests: Requests, **options) -> AsyncIterator[Result]:
         """Yield one `Result` per request sent, as each finishes (not in input order)."""
@@ -144,6 +151,7 @@ class EngineRun:
             model_limits={m: (x.rpm, x.tpm) for m, x in settings.model_limits.items()},
             max_pause=settings.retry.max_wait,
         )
+        self._health = Health(settings.retry)
         self._streak = FatalStreak(settings.stop_after_fatal)
         self._outage = Outage(settings.outage_seconds)
         self._validators = Validators()
@@ -161,9 +169,19 @@ class EngineRun:
     def in_flight(self) -> int:
         return self._limits.cap.in_flight
 
-    def pause_note(self) -> str | None:
-        """ "paused 42 s: <why>" while a long pause holds new requests back, else None."""
-        return self._limits.pause_note()
+    def note(self) -> str | None:
+        """ "paused 42 s: <why>" while a long pause holds new requests back, else the rates
+        learned ("~590 rpm from 429s"), else None."""
+        return self._limits.note()
+
+    def learned(self) -> dict[str, dict[str, tuple[float, str]]]:
+        """The rate limits learned per model, per minute and from what:
+        {"gpt-x": {"rpm": (600.0, "429s"), "tpm": (30000.0, "headers")}}."""
+        return self._limits.learned()
+
+    def resume(self, learned: Mapping[str, Mapping[str, tuple[float, str]]]) -> None:
+        """Start each model at the limits an earlier run learned (before the run starts)."""
+        self._limits.resume(learned)
 
     @property
     def concurrency(self) -> int:
@@ -175,6 +193,7 @@ class EngineRun:
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("stopping: %s", reason)
+            self._pool.wake()  # requests waiting to retry: no longer
 
     def __aiter__(self) -> AsyncIterator[list[Result]]:
         if self._batches is None:
@@ -274,20 +293,34 @@ class EngineRun:
             return first, 1
 
         async def again() -> Attempt:
-            return await self._attempt(model, payload, charge, billed)
+            return await self._attempt(model, payload, charge, billed, retry=True)
 
-        return await with_retries(again, first, self.settings.retry, sleep=self._pool.backoff)
+        return await with_retries(
+            again, first, self.settings.retry, self._health, sleep=self._pool.backoff
+        )
 
     async def _attempt(
-        self, model: str, payload: bytes, charge: int, billed: list[Usage]
+        self, model: str, payload: bytes, charge: int, billed: list[Usage], retry: bool = False
     ) -> Attempt:
-        """One HTTP attempt within the limits, which then learn from its reply."""
+        """One HTTP attempt within the limits and the server's health, which then learn from
+        its reply."""
+        health = self._health
+        if health.dry:  # the server has been failing: one attempt a second
+            await health.gate(self._pool.nap, self._stopping)
+            if self.stopping:
+                raise _Stopped
         limits = self._limits
-        limiters = await limits.acquire(model, charge)
-        if self.stopping:
+        while True:
+            limiters = await limits.acquire(model, charge)
+            if self.stopping:
+                limits.refund(limiters, charge)
+                raise _Stopped
+            await limits.cap.acquire()
+            if not limits.paused(limiters):
+                break
+            # A flood of 429s paused the model while this request waited for a slot.
+            limits.cap.release()
             limits.refund(limiters, charge)
-            raise _Stopped
-        await limits.cap.acquire()
         try:
             if self.stopping:
                 raise _Stopped
@@ -295,7 +328,8 @@ class EngineRun:
             attempt = await self._client.post(payload)  # type: ignore[union-attr]
         finally:
             limits.cap.release()
-        limits.learn(limiters, attempt, charge)
+        limits.learn(model, attempt, charge)
+        health.record(attempt, retry)
         if (usage := attempt.billed) is not None:
             billed.append(usage)
         reason = self._outage.track(attempt)

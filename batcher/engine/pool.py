@@ -4,13 +4,15 @@ Each worker takes the next request itself (a plain iterator is read in place; an
 through a small queue filled by a producer task), processes it, and puts its result in the
 outbox, which the consumer empties a batch at a time. A request waiting to retry holds no
 worker: `backoff` starts a stand-in that takes new requests meanwhile, and the next worker
-to finish a request retires, so `concurrency` requests stay in flight. Every task belongs to
-the pool and is cancelled when the consumer stops.
+to finish a request retires, so `concurrency` requests stay in flight. Backoff sleeps (`nap`)
+end at once when the run stops (`wake`). Every task belongs to the pool and is cancelled when
+the consumer stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 
 from batcher.types import Request, Result
@@ -43,6 +45,7 @@ class Pool:
         self._live = 0
         self._waiting = 0  # requests backing off that a stand-in took over from
         self._take: Callable[[], Awaitable[Request | None]] | None = None
+        self._woken: asyncio.Event | None = None
 
     async def batches(
         self, requests: Iterable[Request] | AsyncIterable[Request]
@@ -59,17 +62,31 @@ class Pool:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def wake(self) -> None:
+        """End every `nap` now and from now on (the run is stopping)."""
+        if self._woken is None:
+            self._woken = asyncio.Event()
+        self._woken.set()
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep `seconds`, or until `wake`."""
+        if self._woken is None:
+            self._woken = asyncio.Event()
+        if not self._woken.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), seconds)
+
     async def backoff(self, seconds: float) -> None:
         """Sleep before a retry holding no worker: a stand-in takes new requests meanwhile.
         At most 4 x `concurrency` requests wait so at once; past that a request waits in its
         worker (when every request fails, the input is not pulled in, a request at a time)."""
         if self._stopping() or self._waiting >= WAITING_PER_SLOT * self._concurrency:
-            await asyncio.sleep(seconds)
+            await self.nap(seconds)
             return
         self._waiting += 1
         self._spawn()
         try:
-            await asyncio.sleep(seconds)
+            await self.nap(seconds)
         finally:
             self._waiting -= 1
             self._surplus += 1  # the next worker to finish a request leaves

@@ -6,6 +6,7 @@ out/.run.parquet.lock        one job at a time per OUT (flock)
 out/run.parquet.batcher/     the job folder, while a job runs or after it stopped
     job.json                 settings (never a key), sizes, pid, start time
     requests.arrow           this run's requests, built once by the checking pass
+    limits.json              rate limits learned per endpoint and model (a rerun starts there)
     part-000000.parquet      durable results, in write order; the newest part wins a key
     .part-000001.parquet.tmp a part being written (never read)
     .damaged-part-...        a part that could not be read, set aside (its rows are resent)
@@ -22,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".batcher"
 INFO = "job.json"
+LIMITS = "limits.json"  # the rate limits learned, per endpoint and model
 SPOOL = "requests.arrow"
 PART_GLOB = "part-*.parquet"
 DAMAGED = ".damaged-"
@@ -161,6 +164,46 @@ class JobDir:
             return json.loads((self.path / INFO).read_text())
         except (OSError, ValueError):
             return {}
+
+    # --- limits.json: what the engine learned of the server's limits ------------------------
+
+    def write_limits(self, base_url: str, learned: dict[str, Any]) -> None:
+        """Keep the limits learned for `base_url` ({model: {"rpm": [600.0, "429s"]}}), beside
+        those of other endpoints; a failed write only loses the head start of a rerun."""
+        known = self._all_limits()
+        known[base_url] = learned
+        tmp = self.path / f".{LIMITS}.tmp"
+        try:
+            tmp.write_text(json.dumps(known, indent=2))
+            os.replace(tmp, self.path / LIMITS)
+        except OSError as exc:
+            log.debug("could not keep the learned limits: %s", exc)
+
+    def read_limits(self, base_url: str) -> dict[str, dict[str, tuple[float, str]]]:
+        """The limits an earlier run learned for `base_url` (nothing when unreadable)."""
+        out: dict[str, dict[str, tuple[float, str]]] = {}
+        models = self._all_limits().get(base_url)
+        if not isinstance(models, dict):
+            return out
+        for model, limits in models.items():
+            if not isinstance(limits, dict):
+                continue
+            kept = {}
+            for name, value in limits.items():
+                ok = name in ("rpm", "tpm") and isinstance(value, list) and len(value) == 2
+                ok = ok and isinstance(value[0], (int, float)) and value[1] in ("429s", "headers")
+                if ok and math.isfinite(value[0]) and value[0] > 0:
+                    kept[name] = (float(value[0]), value[1])
+            if kept:
+                out[model] = kept
+        return out
+
+    def _all_limits(self) -> dict[str, Any]:
+        try:
+            known = json.loads((self.path / LIMITS).read_text())
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
 
     # --- parts -----------------------------------------------------------------------------
 

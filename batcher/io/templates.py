@@ -120,6 +120,11 @@ def load_messages_template(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
     return tuple(data)
 
 
+def text_or_file(text: str | None, path: Path | None, option: str) -> str | None:
+    """An option's text as given, else the text of its file (`--system` / `--system-file`)."""
+    return read_text(path, option) if text is None and path is not None else text
+
+
 def read_text(path: str | os.PathLike[str], option: str) -> str:
     """A text option's file (`--system-file`, `--template-file`), as UTF-8 text."""
     try:

@@ -14,7 +14,8 @@ import time
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from batcher.engine.limits import ConcurrencyLimit, Limits, RateLimiter, parse_duration
+from batcher.engine.limits import ConcurrencyLimit, Limits
+from batcher.engine.rates import RateLimiter, parse_duration
 
 # -- virtual time ------------------------------------------------------------------------------
 
@@ -320,9 +321,9 @@ def test_a_long_reset_pauses_a_minute_at_most_and_says_so(caplog) -> None:
     async def main() -> tuple[float, str | None]:
         limits = Limits(concurrency=4, max_pause=60.0)
         headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3600s"}
-        limiters = limits.of("m")
-        limits.learn(limiters, Attempt(0.1, 200, headers=headers), 10)
-        return limits.endpoint.paused_until - limits.endpoint.now(), limits.pause_note()
+        limits.learn("m", Attempt(0.1, 200, headers=headers), 10)
+        own = limits.of("m")[-1]
+        return own.paused_until - own.now(), limits.pause_note()
 
     with caplog.at_level(logging.WARNING, logger="batcher.engine.limits"):
         pause, note = run_virtual(main())
@@ -602,3 +603,75 @@ def test_concurrency_cancelled_after_grant_gives_the_slot_back() -> None:
         assert cap.in_flight == 1
 
     run_virtual(main())
+
+
+# -- learning: limit headers, Anthropic's, 429s on tokens ---------------------------------------
+
+
+def test_limit_headers_set_the_budgets_below_the_users_ceiling() -> None:
+    fake = FakeTime(50.0)
+    limiter = RateLimiter(rpm=300, clock=fake.clock, sleep=fake.sleep)
+    limiter.hear({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"})
+    assert (limiter.rate(0), limiter.rate(1)) == (300.0, 90000.0)  # --rpm 300 is a ceiling
+    limiter.hear({"anthropic-ratelimit-requests-limit": "50"})
+    assert limiter.rate(0) == 50.0
+    assert limiter.learned() == {"rpm": (50.0, "headers"), "tpm": (90000.0, "headers")}
+    limiter.hear({"x-ratelimit-limit-requests": "nonsense", "x-ratelimit-limit-tokens": "-1"})
+    assert (limiter.rate(0), limiter.rate(1)) == (50.0, 90000.0)
+
+
+def test_anthropic_remaining_and_reset_headers_pause_until_the_reset() -> None:
+    fake = FakeTime(10.0)
+    limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
+    headers = {
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+    wait, why = limiter.observe(headers)
+    assert 28.0 <= wait <= 30.0 and why == "anthropic-ratelimit-requests-remaining is 0"
+
+
+def test_429s_about_tokens_find_a_tokens_per_minute_rate() -> None:
+    """Replies of 500 tokens, 10 a second, then a 429 saying tokens: a tpm budget of the
+    tokens that got through (~300,000 a minute), and no requests budget."""
+    fake = FakeTime(0.0)
+    limiter = RateLimiter(clock=fake.clock, sleep=fake.sleep)
+    for _ in range(30):
+        fake.now += 0.1
+        limiter.succeeded(500)
+    assert limiter.throttled(fake.now - 0.01, tokens=True, pause=1.0) is False  # no flood
+    assert limiter.rate(1) is None  # one 429: maybe at a window's edge
+    assert limiter.throttled(fake.now - 0.01, tokens=True, pause=1.0) is False
+    assert limiter.rate(0) is None
+    assert limiter.rate(1) == pytest.approx(0.95 * 300_000, rel=0.1)
+    [(name, (per_minute, source))] = limiter.learned().items()
+    assert (name, source) == ("tpm", "429s") and per_minute == pytest.approx(300_000, rel=0.1)
+
+
+def test_a_429_pauses_its_model_only_when_429s_flood_the_replies() -> None:
+    from batcher.engine.http import Attempt
+    from batcher.engine.replies import parse_reply
+    from batcher.errors import RetryableError
+
+    body = b'{"choices": [{"message": {"content": "ok"}}], "usage": {"total_tokens": 10}}'
+    reply = parse_reply(200, {}, body)
+
+    def throttled() -> Attempt:
+        error = RetryableError("rate_limited", "Rate limit reached", http_status=429)
+        return Attempt(0.01, 429, error=error)
+
+    async def main() -> tuple[float, float]:
+        limits = Limits(concurrency=8)
+        own = limits.of("m")[-1]
+        for _ in range(40):
+            limits.learn("m", Attempt(0.01, 200, reply=reply, headers={}), 10)
+        limits.learn("m", throttled(), 10)  # 1 in 41: a stray
+        stray = own.paused_until
+        for _ in range(8):
+            limits.learn("m", throttled(), 10)
+        return stray, own.paused_until - own.now()
+
+    stray, flooded = run_virtual(main())
+    assert stray == float("-inf")
+    assert flooded == pytest.approx(1.0)  # no retry-after: a second
