@@ -256,9 +256,16 @@ def run_child(
 class MockServer:
     """`python -m batcher mock-server --port 0 ...` in its own process."""
 
-    def __init__(self, latency: float = 0.0, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        latency: float = 0.0,
+        *,
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.latency = latency
         self.env = env
+        self.options = options  # more `batcher mock-server` options: ("--rpm", "600")
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -266,7 +273,7 @@ class MockServer:
         BENCH_TMP.mkdir(parents=True, exist_ok=True)
         self._err = open(BENCH_TMP / f"mock-server-{os.getpid()}.err", "wb")
         cmd = [sys.executable, "-m", "batcher", "mock-server", "--port", "0"]
-        cmd += ["--latency", str(self.latency)]
+        cmd += ["--latency", str(self.latency), *self.options]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._err, env=self.env, cwd=BENCH_TMP
         )
