@@ -1,6 +1,6 @@
 """Adaptive rate and retry control, measured against the mock server (issue 14's targets).
 
-    python benchmarks/adaptive.py            # every scenario (about 8 minutes)
+    python benchmarks/adaptive.py            # every scenario (about 10 minutes)
     python benchmarks/adaptive.py styles     # or some: styles rpm change faults outage
 
 - styles: no --rpm, against 600 rpm enforced per second, in each header style (`headers`:
@@ -92,7 +92,7 @@ def limited_job(env, rows: int, style: str, *extra: str, schedule: str | None = 
 def scenario_styles(env) -> list[dict]:
     results = []
     for style in ("headers", "retry-after-ms", "bare"):
-        ran = limited_job(env, 450, style)
+        ran = limited_job(env, 900, style)
         entries = ran.pop("entries")
         end = entries[-1][0]
         rate = ok_rate(entries, 10.0, end) / LIMIT
@@ -136,7 +136,8 @@ def scenario_change(env) -> list[dict]:
     ran = limited_job(env, 750, "bare", schedule="20:200,80:600")
     entries = ran.pop("entries")
     down = up = None
-    for t in [20.0 + 0.5 * i for i in range(120)]:
+    end = entries[-1][0]
+    for t in [20.0 + 0.5 * i for i in range(int((end - 22.0) / 0.5))]:
         span = [s for at, s in entries if t <= at < t + 2.0]
         if down is None and span and sum(s == 429 for s in span) / len(span) < 0.1:
             down = t + 2.0 - 20.0

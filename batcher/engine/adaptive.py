@@ -13,14 +13,17 @@ that keep a few stray 429s from slowing a job down:
   window), not from a fixed fraction of what was sent: the rate that was found, `BETA` below.
 
 From there the rate grows along a CUBIC curve: concave back up to the rate found within K,
-nearly flat around it, then convex, to probe for more. K is `LONG` requests when the same
-limit is found again (few probes, few 429s) and `SHORT` requests while the limit found is
-below the highest found lately (`K_MIN` seconds at least, for a cut to show in the server's
-window), so a limit that dropped is followed down at once and back up within seconds. Only a
-429 for a request sent after the last cut counts: the requests already in flight then do
-not cut again. A flood (half the last 16 replies 429s, or the last three) also says "pause":
-the requests in flight and queued would only be refused too; the curve then starts when the
-pause ends (`restart`).
+nearly flat around it, then convex, to probe for more, up to `X_CAP`; a curve that got
+there with no 429 starts again from what the server delivered, if that is more (a client
+that sends less than its rate never inflates it). K is `LONG` requests when the same limit
+is found again (few probes, few 429s) and `SHORT` requests the first time and while the
+limit found is below the highest found lately (`K_MIN` to `K_MAX` seconds, for a cut to
+show in the server's window), so a limit that dropped is followed down at once and back up
+within seconds. Only a 429 for a request sent after the last cut counts: the requests
+already in flight then do not cut again. A flood (half the last 16 replies 429s, or the
+last three) also says "pause": the requests in flight and queued would only be refused
+too; the curve then starts when the pause ends (`restart`). A flood that let nothing
+through finds no rate.
 
 A finder counts units: requests, or tokens for a tokens-per-minute limit.
 """
@@ -38,6 +41,8 @@ BETA = 0.95  # the rate starts again this far below the rate found
 LONG = 150  # requests until the curve is back at the rate found, when it was found before
 SHORT = 10  # the same, while the rate found is below the highest one found lately
 K_MIN = 2.0  # seconds at least: two of the shortest windows a server limits over
+K_MAX = 60.0  # seconds at most, however slow the rate
+X_CAP = 1.5  # the curve stops rising at 1.5 K past the rate found (1 + GROW x 3.4 times it)
 NEAR = 0.9  # a rate found this close to the highest is "the same limit"
 GROW = 1.0  # past K, the curve rises by GROW x the rate found per K cubed
 HALF_LIFE = 60.0  # seconds: the highest rate found is forgotten at this pace
@@ -81,8 +86,14 @@ class RateFinder:
         if found is None:
             return None
         x = (now - self._cut - self._k) / self._k
-        if x < 0:
-            return found * (1 + (1 - BETA) * x**3)
+        if x < 0:  # before the curve starts (a pause), at its foot: BETA x found
+            return found * (1 + (1 - BETA) * max(x, -1.0) ** 3)
+        if x > X_CAP:  # the curve ran its course with no 429: start one from what got through
+            delivered = self._delivered(now)
+            if delivered <= found:
+                return found * (1 + GROW * X_CAP**3)  # app-limited: no higher
+            self._set(delivered, now, near=False)
+            return self.rate(now)
         return found * (1 + GROW * x**3)
 
     def restart(self, at: float) -> None:
@@ -119,6 +130,8 @@ class RateFinder:
         if flood:
             span = max(span, _SERVER_WINDOW)
         span = max(span, 1e-3)
+        if flood and ok == 0:  # nothing got through: no rate to find, only a pause
+            return False, flood
         found = max(units / span, _FLOOR)
         if not flood and span >= 0.9 * _MIN_WINDOW:  # the busiest half, not the average
             found = max(found, self._peak(window / 2))
@@ -139,8 +152,13 @@ class RateFinder:
         self._found = found
         self._cut = now
         requests = LONG if near else SHORT
-        self._k = max(K_MIN, requests / (requests_rate or found))
+        self._k = min(K_MAX, max(K_MIN, requests / (requests_rate or found)))
         self.cuts += 1
+
+    def _delivered(self, now: float) -> float:
+        """Units a second that got through over the last window."""
+        _, units, _, span = self._counts(now, self._window(now))
+        return units / max(span, 1e-3)
 
     def _window(self, now: float) -> float:
         recent = self._recent

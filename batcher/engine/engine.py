@@ -99,8 +99,7 @@ class Engine:
         """A run over `requests`: iterate it for batches of results; `stop()` ends it.
         `learned`: the limits an earlier run learned (`EngineRun.learned()`), to start from."""
         run = EngineRun(self, requests, known=known, budget=budget)
-        if learned:
-            run.resume(learned)
+        run.resume(learned or {})
         return run
 
     async def run(self, requests: Requests, **options) -> AsyncIterator[Result]:
@@ -159,6 +158,7 @@ class EngineRun:
             self._process, settings.concurrency, stopping=self._stopping, failed=self._fail
         )
         self._client: Client | None = None
+        self._learned: Mapping[str, Mapping[str, tuple[float, str]]] = {}
         self._batches: AsyncIterator[list[Result]] | None = None
 
     @property
@@ -180,8 +180,8 @@ class EngineRun:
         return self._limits.learned()
 
     def resume(self, learned: Mapping[str, Mapping[str, tuple[float, str]]]) -> None:
-        """Start each model at the limits an earlier run learned (before the run starts)."""
-        self._limits.resume(learned)
+        """Start each model at the limits an earlier run learned (when the run starts)."""
+        self._learned = learned
 
     @property
     def concurrency(self) -> int:
@@ -193,7 +193,8 @@ class EngineRun:
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("stopping: %s", reason)
-            self._pool.wake()  # requests waiting to retry: no longer
+            self._pool.wake()  # requests waiting to retry or for a rate: no longer
+            self._limits.open()
 
     def __aiter__(self) -> AsyncIterator[list[Result]]:
         if self._batches is None:
@@ -217,6 +218,7 @@ class EngineRun:
             max_body_bytes=self.settings.max_body_bytes or reply_cap(self.settings.concurrency),
             session_has_headers=own_session,
         )
+        self._limits.resume(self._learned)
         try:
             async for batch in self._pool.batches(self._requests):
                 yield batch
@@ -304,6 +306,8 @@ class EngineRun:
     ) -> Attempt:
         """One HTTP attempt within the limits and the server's health, which then learn from
         its reply."""
+        if self.stopping:
+            raise _Stopped
         health = self._health
         if health.dry:  # the server has been failing: one attempt a second
             await health.gate(self._pool.nap, self._stopping)

@@ -148,6 +148,7 @@ class Limits:
         self._user = dict(model_limits or {})
         self._own: dict[str, RateLimiter] = {}
         self._for: dict[str, list[RateLimiter]] = {}
+        self._seen: set[str] = set()  # models this run sent to
 
     def of(self, model: str) -> list[RateLimiter]:
         """The rate limiters a request to `model` goes through: the endpoint's, its own."""
@@ -163,6 +164,11 @@ class Limits:
         for limiter in limiters:
             await limiter.acquire(charge)
         return limiters
+
+    def open(self) -> None:
+        """Let every request waiting for a rate limit through at once (the run stops)."""
+        for limiter in [self.endpoint, *self._own.values()]:
+            limiter.open()
 
     @staticmethod
     def paused(limiters: list[RateLimiter]) -> bool:
@@ -180,6 +186,7 @@ class Limits:
         really used, and a 429 (a sign of a rate limit, or a smaller cap when it was about
         requests in flight)."""
         error, reply = attempt.error, attempt.reply
+        self._seen.add(model)
         limiters = self.of(model)
         own = limiters[-1]
         if attempt.headers is not None:
@@ -244,10 +251,10 @@ class Limits:
         return "; ".join(parts) if parts else None
 
     def learned(self) -> dict[str, dict[str, tuple[float, str]]]:
-        """What was learned per model: {"gpt-x": {"rpm": (600.0, "429s")}}."""
+        """What was learned per model this run sent to: {"gpt-x": {"rpm": (600.0, "429s")}}."""
         out = {}
         for model, limiter in self._own.items():
-            learned = limiter.learned()
+            learned = limiter.learned() if model in self._seen else None
             if learned:
                 out[model] = learned
         return out

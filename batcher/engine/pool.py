@@ -73,7 +73,7 @@ class Pool:
         if self._woken is None:
             self._woken = asyncio.Event()
         if not self._woken.is_set():
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
                 await asyncio.wait_for(self._woken.wait(), seconds)
 
     async def backoff(self, seconds: float) -> None:

@@ -173,6 +173,7 @@ class RateLimiter:
         self._heard: list[float | None] = [None, None]
         self.finders = (RateFinder(), RateFinder())  # units a second
         self._following = False  # a finder found a rate: the budgets follow its curve
+        self._open = False  # see open()
 
     @property
     def paused_until(self) -> float:
@@ -185,7 +186,7 @@ class RateLimiter:
         if tokens > 0:
             avg = self._avg_tokens
             self._avg_tokens = avg + 0.1 * (tokens - avg) if avg else float(tokens)
-        if not self._limited:
+        if not self._limited or self._open:
             return
         if not self._waiters:
             now = self._now()
@@ -327,7 +328,7 @@ class RateLimiter:
             ]
             if not rates:
                 continue
-            rate = max(min(rates), 1e-6)
+            rate = max(min(rates), 1.0)  # one a minute at least
             budget = self._requests if kind == 0 else self._tokens
             if budget is None:
                 budget = _Budget(rate, spaced=kind == 0)
@@ -382,7 +383,7 @@ class RateLimiter:
             while waiters[0] is not me:  # the one ahead wakes us when it leaves
                 await me.wake
                 me.wake = loop.create_future()
-            while True:
+            while not self._open:
                 now = self._now()
                 start = self._start(tokens, now)
                 if start <= now + _EPSILON:
@@ -405,6 +406,13 @@ class RateLimiter:
                     _wake(waiters[0].wake)
             else:
                 waiters.remove(me)
+
+    def open(self) -> None:
+        """Let every waiting and later caller through at once, charging nothing (the run is
+        stopping: they only come to find it so)."""
+        self._open = True
+        for waiter in self._waiters:
+            _wake(waiter.wake)
 
     async def _alarm(self, delay: float, fut: asyncio.Future[None]) -> None:
         await self._sleep(delay)  # type: ignore[misc]

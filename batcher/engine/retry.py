@@ -11,7 +11,8 @@ attempt number: while most attempts succeed, a transient failure is retried soon
 jitter; backoff grows with the attempt number only while the server as a whole is failing.
 A server's retry-after is honoured (capped). A retry quota in the style of botocore's
 standard mode spends `COST` per retry (`TIMEOUT_COST` after a timeout or a dropped
-connection) and earns one back per success; once it runs dry, every attempt, new or retry,
+connection; nothing after a 429, which the limits answer) and earns one back per first-try
+success, the cost back per successful retry; once it runs dry, every attempt, new or retry,
 waits for a probe slot, one a second, until one succeeds: a server that is really failing
 sees a trickle, not a stampede. `--max-retries` stays the cap per row.
 """
@@ -74,18 +75,27 @@ class Health:
         return self.quota < COST
 
     def record(self, attempt: Attempt, retried: bool) -> None:
-        """An attempt's outcome; `retried`: it was a retry (which paid into the quota)."""
+        """An attempt's outcome; `retried`: it was a retry (`refund` pays its cost back)."""
         error = attempt.error
         failed = error is not None and error.retryable and error.http_status != 429
         self.failing_share += _ALPHA * (failed - self.failing_share)
         if error is None:
             if self.dry:
                 self.quota = max(self.quota, REOPEN)  # a probe got through: the server is back
-            self.quota = min(CAPACITY, self.quota + (_cost(attempt) if retried else 1))
+            if not retried:
+                self.refund(1)
 
-    def spend(self, attempt: Attempt) -> None:
-        """A retry of `attempt` is about to go."""
-        self.quota = max(0, self.quota - _cost(attempt))
+    def spend(self, failed: Attempt) -> int:
+        """A retry of `failed` is about to go: take its cost from the quota (a 429's retry
+        costs nothing: the rate and concurrency limits answer those); the cost taken."""
+        cost = 0 if failed.http_status == 429 else _cost(failed)
+        taken = min(cost, self.quota)
+        self.quota -= taken
+        return taken
+
+    def refund(self, amount: int) -> None:
+        """A retry that succeeded pays back what it took; a first attempt one."""
+        self.quota = min(CAPACITY, self.quota + amount)
 
     async def gate(self, nap: Callable[[float], Awaitable[None]], stopping: Callable[[], bool]):
         """Return at once while the quota holds; once dry, when this attempt's probe slot
@@ -148,8 +158,10 @@ async def with_retries(
         if replay:
             return replay.pop()
         made += 1
-        health.spend(last)
+        taken = health.spend(last)
         last = await send()
+        if last.error is None:
+            health.refund(taken)
         return last
 
     extra = {"sleep": sleep} if sleep is not None else {}

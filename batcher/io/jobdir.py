@@ -169,9 +169,10 @@ class JobDir:
 
     def write_limits(self, base_url: str, learned: dict[str, Any]) -> None:
         """Keep the limits learned for `base_url` ({model: {"rpm": [600.0, "429s"]}}), beside
-        those of other endpoints; a failed write only loses the head start of a rerun."""
+        those of other endpoints and models; a failed write only loses a rerun's head start."""
         known = self._all_limits()
-        known[base_url] = learned
+        before = known.get(base_url)
+        known[base_url] = {**(before if isinstance(before, dict) else {}), **learned}
         tmp = self.path / f".{LIMITS}.tmp"
         try:
             tmp.write_text(json.dumps(known, indent=2))
@@ -191,9 +192,10 @@ class JobDir:
             kept = {}
             for name, value in limits.items():
                 ok = name in ("rpm", "tpm") and isinstance(value, list) and len(value) == 2
-                ok = ok and isinstance(value[0], (int, float)) and value[1] in ("429s", "headers")
-                if ok and math.isfinite(value[0]) and value[0] > 0:
-                    kept[name] = (float(value[0]), value[1])
+                ok = ok and type(value[0]) in (int, float) and value[1] in ("429s", "headers")
+                per_minute = _finite(value[0]) if ok else None
+                if per_minute is not None and per_minute > 0:
+                    kept[name] = (per_minute, value[1])
             if kept:
                 out[model] = kept
         return out
@@ -265,6 +267,14 @@ def _conform(table: pa.Table) -> pa.Table:
     known = set(PART_SCHEMA.names)
     fields = [PART_SCHEMA.field(n) if n in known else table.field(n) for n in table.column_names]
     return table.cast(pa.schema(fields))
+
+
+def _finite(value: float) -> float | None:
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def newest_per_key(table: pa.Table) -> pa.Table:

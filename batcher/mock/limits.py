@@ -66,7 +66,7 @@ class RpmWindow:
     def _capacity(self, rpm: int) -> int:
         if self.window is None:
             return rpm
-        return max(1, round(rpm * self.window / 60.0))
+        return max(1, int(rpm * self.window / 60.0 + 1e-9))
 
     def admit(self, now: float) -> bool:
         """Let arrivals older than the window go; admit `now` (True) unless none are left."""
@@ -80,8 +80,12 @@ class RpmWindow:
         return True
 
     def wait(self, now: float) -> float:
-        """Seconds until the oldest arrival leaves the window (the window must not be empty)."""
-        return self.arrivals[0] + self._span() - now
+        """Seconds until one more request fits: until the arrival that many back from the
+        newest leaves the window (the window must not be empty)."""
+        arrivals = self.arrivals
+        rpm = self.rpm_at(now)
+        over = len(arrivals) - self._capacity(rpm) if rpm is not None else 0
+        return arrivals[max(0, over)] + self._span() - now
 
     def headers(self, now: float) -> dict[str, str]:
         """x-ratelimit-* headers for the current window: the limit a minute, what is left of

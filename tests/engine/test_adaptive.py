@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batcher.engine.adaptive import BETA, GROW, K_MIN, LONG, SHORT, RateFinder
+from batcher.engine.adaptive import BETA, GROW, K_MIN, LONG, SHORT, X_CAP, RateFinder
 
 
 def test_no_429_no_rate() -> None:
@@ -87,3 +87,35 @@ def test_a_429_for_a_request_sent_before_the_cut_does_not_cut_again() -> None:
     assert finder.throttled(t + 0.01, sent_at=t - 0.1)[0] is False  # in flight at the cut
     assert finder.throttled(t + 0.3, sent_at=t + 0.2)[0] is True
     assert finder.cuts == 2
+
+
+def test_a_long_pause_keeps_the_rate_at_the_foot_of_the_curve() -> None:
+    """A flood's 30 s retry-after moves the curve's start 30 s on: meanwhile the rate is
+    BETA x the rate found, never below (a negative rate once made a budget of years)."""
+    finder = RateFinder(rate=10.0, now=0.0)
+    finder.restart(30.0)
+    assert finder.rate(1.0) == pytest.approx(BETA * 10.0)
+
+
+def test_a_flood_that_let_nothing_through_finds_no_rate() -> None:
+    """The first replies all 429s (the quota used up elsewhere): a pause, but no rate of one
+    a minute to crawl at for an hour."""
+    finder = RateFinder()
+    results = [finder.throttled(2.0 + i * 0.01, sent_at=1.0) for i in range(5)]
+    assert results[2:] == [(False, True)] * 3
+    assert finder.found is None
+
+
+def test_a_client_that_sends_less_never_inflates_its_rate() -> None:
+    """No 429 for minutes while sending 2 a second under a rate found of 10: the curve stops
+    at X_CAP, it does not grow without end."""
+    finder = RateFinder(rate=10.0, now=0.0)
+    steady(finder, 0.0, 300.0, 2)
+    assert finder.rate(300.0) == pytest.approx(10.0 * (1 + GROW * X_CAP**3))
+
+
+def test_a_limit_higher_than_the_curve_reaches_is_found_from_what_got_through() -> None:
+    finder = RateFinder(rate=10.0, now=0.0)
+    t = steady(finder, 0.0, 60.0, 60)  # the server lets 60 a second through: no 429
+    finder.rate(t)
+    assert finder.found == pytest.approx(60.0, rel=0.1)

@@ -675,3 +675,40 @@ def test_a_429_pauses_its_model_only_when_429s_flood_the_replies() -> None:
     stray, flooded = run_virtual(main())
     assert stray == float("-inf")
     assert flooded == pytest.approx(1.0)  # no retry-after: a second
+
+
+def test_open_lets_every_waiter_through_at_once_when_the_run_stops() -> None:
+    async def main() -> list[float]:
+        limiter = RateLimiter(rpm=1)  # one a minute: the waiters would wait minutes
+        loop = asyncio.get_running_loop()
+        done: list[float] = []
+
+        async def one() -> None:
+            await limiter.acquire()
+            done.append(loop.time())
+
+        start = loop.time()
+        tasks = [asyncio.ensure_future(one()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        limiter.open()
+        await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+        await limiter.acquire()  # and later callers too
+        return [t - start for t in done]
+
+    waited = asyncio.run(main())
+    assert len(waited) == 5 and max(waited) < 1.0
+
+
+def test_retry_quota_429s_cost_nothing_and_a_retry_pays_back_what_it_took() -> None:
+    from batcher.engine.http import Attempt
+    from batcher.engine.retry import CAPACITY, TIMEOUT_COST, Health, RetryPolicy
+    from batcher.errors import RetryableError
+
+    health = Health(RetryPolicy())
+    rate_limited = Attempt(0.1, 429, error=RetryableError("rate_limited", "slow", http_status=429))
+    assert health.spend(rate_limited) == 0
+    timed_out = Attempt(0.1, None, error=RetryableError("timeout", "no reply"))
+    assert health.spend(timed_out) == TIMEOUT_COST
+    assert health.quota == CAPACITY - TIMEOUT_COST
+    health.refund(TIMEOUT_COST)
+    assert health.quota == CAPACITY

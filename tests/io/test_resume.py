@@ -344,3 +344,27 @@ def test_second_ctrl_c_exits_at_once_and_durable_results_stay(make_api, tmp_path
     assert durable_count(Path(f"{out}.batcher")) >= durable
     assert Job(args, tmp_path).wait(timeout=60) == 0
     assert len(ids_and_models(out)) == 200
+
+
+def test_damaged_learned_limits_are_ignored_never_fatal(tmp_path) -> None:
+    """limits.json is a head start only: a value too large for a float, a bool, a bad
+    source or bad JSON loses it, never the rerun."""
+    from batcher.io.jobdir import LIMITS, JobDir
+
+    job_dir = JobDir(tmp_path / "out.parquet")
+    job_dir.path.mkdir()
+    url = "http://127.0.0.1:1/v1"
+    limits = {
+        "huge": {"rpm": [10**400, "429s"]},
+        "bool": {"rpm": [True, "429s"]},
+        "source": {"rpm": [600, "a guess"]},
+        "good": {"rpm": [600, "429s"], "tpm": [9000.5, "headers"], "other": [1, "429s"]},
+    }
+    (job_dir.path / LIMITS).write_text(json.dumps({url: limits}))
+    assert job_dir.read_limits(url) == {
+        "good": {"rpm": (600.0, "429s"), "tpm": (9000.5, "headers")}
+    }
+    job_dir.write_limits(url, {"new": {"rpm": (30.0, "429s")}})
+    assert set(job_dir.read_limits(url)) == {"good", "new"}  # models of earlier runs stay
+    (job_dir.path / LIMITS).write_text("{not json")
+    assert job_dir.read_limits(url) == {}
