@@ -4,13 +4,13 @@
 keeps a theoretical arrival time `tat`, the moment everything charged so far is paid off at
 its rate. Requests are spaced: each starts an interval after the one before, in real time,
 so a timer that fires late never lets two go closer (a server counting over one second
-would see one too many). A request's tokens may start once they fit in a burst tolerance of
-one second's budget above `tat`; a request dearer than that waits until the budget is clear
-and leaves the excess as debt that delays the next ones. The budgets start, and restart
-after every pause, with no burst credit, so the first minute is as smooth as any. Any 60 s
-window then holds at most `limit + 1` requests and `limit + max(one second's budget, the
-dearest request)` tokens: within 5% as long as no single request costs more than 5% of the
-tpm.
+would see one too many), and 1% under the limit, for jitter on the way to the server. A
+request's tokens may start once they fit in a burst tolerance of one second's budget above
+`tat`; a request dearer than that waits until the budget is clear and leaves the excess as
+debt that delays the next ones. The budgets start, and restart after every pause, with no
+burst credit, so the first minute is as smooth as any. Any 60 s window then holds at most
+`limit` requests and `limit + max(one second's budget, the dearest request)` tokens: within
+5% as long as no single request costs more than 5% of the tpm.
 
 A budget's rate is the lowest of the user's ceiling, the limit the server's headers state
 and the rate a `RateFinder` found from its 429s, recomputed as that rate moves.
@@ -35,6 +35,7 @@ from batcher.engine.adaptive import RateFinder
 __all__ = ["RateLimiter", "parse_duration"]
 
 _NEVER = float("-inf")
+SPACED = 0.99  # spaced requests go at 99% of their limit
 _EPSILON = 1e-9  # seconds: a start this close counts as due (float rounding, timer slop)
 _LIMIT_HEADERS = (
     ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
@@ -109,7 +110,9 @@ class _Budget:
         self.tat = _NEVER
 
     def set(self, per_minute: float) -> None:
-        self.interval = 60.0 / per_minute  # seconds per unit
+        # seconds per unit; spaced requests go 1% under the limit, so that jitter on the way
+        # never brings two closer than a server counting over a second allows
+        self.interval = 60.0 / (per_minute * (SPACED if self.spaced else 1.0))
         # units that may go at once: one second's, or one when spaced
         self.burst = 1.0 if self.spaced else max(1.0, per_minute / 60.0)
 
@@ -313,9 +316,12 @@ class RateLimiter:
         self._refresh(now)
 
     def rate(self, kind: int) -> float | None:
-        """The rate per minute now in force for requests (0) or tokens (1)."""
+        """The rate per minute now in force for requests (0) or tokens (1), before the 1%
+        that spaced requests keep under it."""
         budget = (self._requests, self._tokens)[kind]
-        return 60.0 / budget.interval if budget is not None else None
+        if budget is None:
+            return None
+        return 60.0 / budget.interval / (SPACED if budget.spaced else 1.0)
 
     def _refresh(self, now: float) -> None:
         """Budgets at the lowest of the ceiling, the headers' limit and the rate found."""

@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from batcher.engine.limits import ConcurrencyLimit, Limits
-from batcher.engine.rates import RateLimiter, parse_duration
+from batcher.engine.rates import SPACED, RateLimiter, parse_duration
 
 # -- virtual time ------------------------------------------------------------------------------
 
@@ -117,11 +117,11 @@ def test_rpm_600_holds_every_window_and_the_rate() -> None:
     starts = asyncio.run(workers(limiter, [0] * 2000, fake.clock))
     assert starts == sorted(starts)
     assert starts[0] == 1000.0  # the first goes at once
-    assert max_window(starts) == 600  # no burst, not even in the first window (<= 630)
+    assert max_window(starts) == 594  # 1% under the limit, no burst, not in the first window
     assert max_window(starts, span=1.0) == 10  # even per second
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert rate == pytest.approx(10.0, rel=1e-6)  # within 2% of 10/s
-    assert fake.sleeps and all(s == pytest.approx(0.1) for s in fake.sleeps)
+    assert rate == pytest.approx(10.0 * SPACED, rel=1e-6)
+    assert fake.sleeps and all(s == pytest.approx(0.1 / SPACED) for s in fake.sleeps)
 
 
 def test_rpm_20_spaces_three_seconds() -> None:
@@ -129,7 +129,7 @@ def test_rpm_20_spaces_three_seconds() -> None:
     limiter = RateLimiter(rpm=20, clock=fake.clock, sleep=fake.sleep)
     starts = asyncio.run(workers(limiter, [0] * 45, fake.clock, n=5))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps == pytest.approx([3.0] * 44)
+    assert gaps == pytest.approx([3.0 / SPACED] * 44)
     assert max_window(starts) == 20  # first 60 s window included (<= 21)
     assert sum(1 for s in starts if s < 60.0) == 20
 
@@ -168,9 +168,10 @@ def test_rpm_and_tpm_together_take_the_stricter() -> None:
             starts.append(fake.now)
         return starts
 
-    # rpm spaces 1 s; the 300-token request is debt (> the 100-token burst): the 10 tokens
-    # after it fit once its 300 are paid down to 90 left (2 + 2.1 s), then rpm rules again.
-    assert asyncio.run(main()) == pytest.approx([0.0, 1.0, 2.0, 4.1, 5.1])
+    # rpm spaces 1 s (1% more); the 300-token request is debt (> the 100-token burst): the
+    # 10 tokens after it fit once its 300 are paid down to 90 left (+2.1 s), then rpm again.
+    gap = 1 / SPACED
+    assert asyncio.run(main()) == pytest.approx([0.0, gap, 2 * gap, 2 * gap + 2.1, 3 * gap + 2.1])
 
 
 def test_cost_above_one_seconds_budget_passes_as_debt() -> None:
@@ -270,7 +271,9 @@ def test_pause_delays_waiting_and_new_callers_and_never_shortens() -> None:
         return starts
 
     starts = run_virtual(main())
-    assert starts == pytest.approx({"first": 0.0, "waiting": 2.05, "new": 2.15, "after": 2.25})
+    gap = 0.1 / SPACED
+    expected = {"first": 0.0, "waiting": 2.05, "new": 2.05 + gap, "after": 2.05 + 2 * gap}
+    assert starts == pytest.approx(expected)
 
 
 def test_pause_without_budgets_then_back_to_the_fast_path() -> None:
@@ -419,7 +422,7 @@ def test_fifo_order_of_100_waiters() -> None:
     # tokens start with no credit: t=0 leaves the budget busy until 1.0, so the first
     # 1500 (more than the 1000 burst) waits for it to clear at 1.02; its debt then holds the
     # next 10 tokens until 1.02 + 1.5 - 0.99 = 1.53.
-    assert starts[:5] == pytest.approx([0.0, 0.1, 0.2, 1.02, 1.53])
+    assert starts[:5] == pytest.approx([0.0, 0.1 / SPACED, 0.2 / SPACED, 1.02, 1.53])
 
 
 def test_cancelled_waiters_charge_nothing_and_break_nothing() -> None:
@@ -442,7 +445,8 @@ def test_cancelled_waiters_charge_nothing_and_break_nothing() -> None:
         return starts
 
     starts = run_virtual(main())
-    assert starts == pytest.approx({"first": 0.0, "b": 1.0, "d": 2.0, "later": 3.0})
+    gap = 1 / SPACED
+    assert starts == pytest.approx({"first": 0.0, "b": gap, "d": 2 * gap, "later": 3 * gap})
 
 
 def test_rejects_bad_limits() -> None:
