@@ -16,14 +16,14 @@ From there the rate grows along a CUBIC curve: concave back up to the rate found
 nearly flat around it, then convex, to probe for more, up to `X_CAP`; a curve that got
 there with no 429 starts again from what the server delivered, if that is more (a client
 that sends less than its rate never inflates it). K is `LONG` requests when the same limit
-is found again (few probes, few 429s) and `SHORT` requests the first time and while the
-limit found is below the highest found lately (`K_MIN` to `K_MAX` seconds, for a cut to
-show in the server's window), so a limit that dropped is followed down at once and back up
-within seconds. Only a 429 for a request sent after the last cut counts: the requests
-already in flight then do not cut again. A flood (half the last 16 replies 429s, or the
-last three) also says "pause": the requests in flight and queued would only be refused
-too; the curve then starts when the pause ends (`restart`). A flood that let nothing
-through finds no rate.
+is found again (few probes, few 429s), `SHORT` requests the first time, and `RECOVER`
+requests while the limit found is below the highest found lately (`K_MIN` to `K_MAX`
+seconds, for a cut to show in the server's window), so a limit that dropped is followed
+down at once and back up within seconds. Only a 429 for a request sent after the last cut
+counts: the requests already in flight then do not cut again. A flood (half the last 16
+replies 429s, or the last three) also says "pause": the requests in flight and queued would
+only be refused too; the curve then starts when the pause ends (`restart`). A flood that
+let nothing through finds no rate.
 
 A finder counts units: requests, or tokens for a tokens-per-minute limit.
 """
@@ -39,7 +39,8 @@ FLOOD = 0.5  # 429s among the last 16 replies, at least, for a flood (or the las
 SHARE = 0.04  # 429s among the window's replies, at least, for a sign of a limit
 BETA = 0.95  # the rate starts again this far below the rate found
 LONG = 150  # requests until the curve is back at the rate found, when it was found before
-SHORT = 10  # the same, while the rate found is below the highest one found lately
+SHORT = 10  # the same, the first time a limit is found
+RECOVER = 4  # the same, while the rate found is below the highest one found lately
 K_MIN = 2.0  # seconds at least: two of the shortest windows a server limits over
 K_MAX = 60.0  # seconds at most, however slow the rate
 X_CAP = 1.5  # the curve stops rising at 1.5 K past the rate found (1 + GROW x 3.4 times it)
@@ -143,15 +144,22 @@ class RateFinder:
         # limit is stable, probe rarely.
         again = now - self._cut >= window and 0 < highest <= found / NEAR
         near = not flood and again
-        self._set(found, now, near=near, requests_rate=requests_rate)
+        below = not flood and found < NEAR * highest  # a limit that dropped: it may come back
+        self._set(found, now, near=near, requests_rate=requests_rate, below=below)
         return True, flood
 
     def _set(
-        self, found: float, now: float, *, near: bool, requests_rate: float | None = None
+        self,
+        found: float,
+        now: float,
+        *,
+        near: bool,
+        requests_rate: float | None = None,
+        below: bool = False,
     ) -> None:
         self._found = found
         self._cut = now
-        requests = LONG if near else SHORT
+        requests = LONG if near else RECOVER if below else SHORT
         self._k = min(K_MAX, max(K_MIN, requests / (requests_rate or found)))
         self.cuts += 1
 

@@ -37,10 +37,6 @@ __all__ = ["RateLimiter", "parse_duration"]
 _NEVER = float("-inf")
 SPACED = 0.99  # spaced requests go at 99% of their limit
 _EPSILON = 1e-9  # seconds: a start this close counts as due (float rounding, timer slop)
-_LIMIT_HEADERS = (
-    ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
-    ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
-)
 _MAX_RESET = 86_400.0  # reset headers beyond a day are taken for nonsense (an epoch?) and ignored
 _UNITS = {
     "h": 3600.0,
@@ -253,9 +249,15 @@ class RateLimiter:
     def hear(self, headers: Mapping[str, str]) -> None:
         """Take the limits a reply's headers state (`x-ratelimit-limit-requests` / `-tokens`,
         Anthropic's `anthropic-ratelimit-*-limit`) as budgets, below the user's ceiling."""
+        get = headers.get
+        values = (
+            get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit"),
+            get("x-ratelimit-limit-tokens") or get("anthropic-ratelimit-tokens-limit"),
+        )
+        if values == (None, None):  # most servers: nothing to hear
+            return
         changed = False
-        for kind, names in enumerate(_LIMIT_HEADERS):
-            value = next((headers[n] for n in names if n in headers), None)
+        for kind, value in enumerate(values):
             limit = _number(value)
             if limit is not None and limit > 0 and limit != self._heard[kind]:
                 self._heard[kind] = limit

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from batcher.engine.adaptive import BETA, GROW, K_MIN, LONG, SHORT, X_CAP, RateFinder
+from batcher.engine.adaptive import (
+    BETA,
+    GROW,
+    K_MIN,
+    LONG,
+    RECOVER,
+    X_CAP,
+    RateFinder,
+)
 
 
 def test_no_429_no_rate() -> None:
@@ -76,7 +84,7 @@ def test_a_limit_found_twice_is_probed_rarely_and_a_lower_one_quickly() -> None:
     # the window of 16 successes reaches back over the last 429: this one is the second
     assert finder.throttled(t, sent_at=t - 0.01) == (True, False)
     assert finder.found == pytest.approx(3.0, rel=0.3)
-    assert finder._k == pytest.approx(SHORT / finder.found, rel=0.3)  # below the highest
+    assert finder._k == pytest.approx(max(K_MIN, RECOVER / finder.found))  # below the highest
 
 
 def test_a_429_for_a_request_sent_before_the_cut_does_not_cut_again() -> None:

@@ -31,6 +31,16 @@ def statuses(out) -> Counter:
     return Counter(pq.read_table(out).column("status").to_pylist())
 
 
+def one_row_faulty(api, tmp_path, n, index, directive):
+    """Run n rows at -c 4, row `index` carrying a mock fault directive."""
+    data = rows(n)
+    data[index]["prompt"] += f" {directive}"
+    path = write_jsonl(tmp_path / "in.jsonl", data)
+    out = tmp_path / "out.parquet"
+    ran = run_batcher("run", path, "-o", out, "--base-url", api.url, "-m", "mock-1", "-c", "4")
+    return ran, out
+
+
 def learned_line(stderr: str) -> str:
     return next(line for line in stderr.splitlines() if line.startswith("learned "))
 
@@ -66,11 +76,7 @@ def test_a_stray_429_holds_back_its_own_row_only(make_api, tmp_path):
     """One row's 429 says retry-after 3 s: that row waits 3 s, the others go on at once (a
     job-wide pause used to hold every worker for it)."""
     api = make_api(latency=0.005)
-    data = rows(60)
-    data[5]["prompt"] = "question number 5 [[mock:429x1:retry=3]]"
-    path = write_jsonl(tmp_path / "in.jsonl", data)
-    out = tmp_path / "out.parquet"
-    ran = run_batcher("run", path, "-o", out, "--base-url", api.url, "-m", "mock-1", "-c", "4")
+    ran, out = one_row_faulty(api, tmp_path, 60, 5, "[[mock:429x1:retry=3]]")
     assert ran.code == 0, ran.stderr
     assert statuses(out) == {"ok": 60}
     log = list(api.log)
@@ -83,11 +89,7 @@ def test_transient_failures_are_retried_soon_while_the_server_is_healthy(make_ap
     """Three 500s in a row for one row, every other row fine: its four attempts come within a
     second (the backoff used to be 1 + 2 + 4 s)."""
     api = make_api(latency=0.005)
-    data = rows(40)
-    data[7]["prompt"] = "question number 7 [[mock:500x3]]"
-    path = write_jsonl(tmp_path / "in.jsonl", data)
-    out = tmp_path / "out.parquet"
-    ran = run_batcher("run", path, "-o", out, "--base-url", api.url, "-m", "mock-1", "-c", "4")
+    ran, out = one_row_faulty(api, tmp_path, 40, 7, "[[mock:500x3]]")
     assert ran.code == 0, ran.stderr
     table = pq.read_table(out).to_pylist()
     assert [r["attempts"] for r in table if r["id"] == "r7"] == [4]
