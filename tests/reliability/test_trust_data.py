@@ -282,24 +282,17 @@ def test_space_freed_while_batcher_retries_saves_every_result(make_api, tmp_path
     assert [r["status"] for r in read_rows(out)] == ["ok"] * 2000
 
 
-def test_too_few_open_files_for_the_concurrency_lowers_it_and_finishes(api, tmp_path):
+def run_at_c1020(api, tmp_path, prelude: str):
+    """1,500 rows at -c 1020 in a process whose open-file limit `prelude` set first."""
     data = write_jsonl(tmp_path / "in.jsonl", rows(1500))
     out = tmp_path / "out.parquet"
+    args = ("run", data, "-o", out, "--base-url", api.url, "-m", "m", "-q", "-c", "1020")
+    return run_batcher(*args, prelude=prelude), out
+
+
+def test_too_few_open_files_for_the_concurrency_lowers_it_and_finishes(api, tmp_path):
     prelude = "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
-    ran = run_batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
-        "-q",
-        "-c",
-        "1020",
-        prelude=prelude,
-    )
+    ran, out = run_at_c1020(api, tmp_path, prelude)
     assert ran.code == 0, ran.stderr
     assert error_lines(ran.stderr) == [
         "WARNING batcher.job: -c 1020 needs more open files than this process may have: 192 "
@@ -309,26 +302,11 @@ def test_too_few_open_files_for_the_concurrency_lowers_it_and_finishes(api, tmp_
 
 
 def test_a_low_soft_open_file_limit_is_raised_to_the_hard_one(api, tmp_path):
-    data = write_jsonl(tmp_path / "in.jsonl", rows(1500))
-    out = tmp_path / "out.parquet"
     prelude = (
         "import resource\nhard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
     )
-    ran = run_batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
-        "-q",
-        "-c",
-        "1020",
-        prelude=prelude,
-    )
+    ran, out = run_at_c1020(api, tmp_path, prelude)
     assert ran.code == 0, ran.stderr
     assert ran.stderr == ""
     assert [r["status"] for r in read_rows(out)] == ["ok"] * 1500
