@@ -260,3 +260,8 @@ class AppThread:
                 self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(15)
+
+
+def run_args(data: Path, out: Path, url: str, model: str = "m") -> tuple[object, ...]:
+    """`run DATA -o OUT --base-url URL -m MODEL`: the start of most jobs these tests run."""
+    return ("run", data, "-o", out, "--base-url", url, "-m", model)

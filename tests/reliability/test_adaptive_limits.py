@@ -15,7 +15,7 @@ import time
 from collections import Counter
 
 import pyarrow.parquet as pq
-from reliability_support import Batcher, rows, run_batcher, wait_for, write_jsonl
+from reliability_support import Batcher, rows, run_args, run_batcher, wait_for, write_jsonl
 
 RPM = 6000  # 100 a second, enforced over each second
 
@@ -23,7 +23,7 @@ RPM = 6000  # 100 a second, enforced over each second
 def job(api, tmp_path, n, *extra, prompt="question number {i}"):
     data = write_jsonl(tmp_path / "in.jsonl", rows(n, text=prompt))
     out = tmp_path / "out.parquet"
-    args = ("run", data, "-o", out, "--base-url", api.url, "-m", "mock-1", *extra)
+    args = (*run_args(data, out, api.url, "mock-1"), *extra)
     return args, out
 
 
@@ -37,7 +37,7 @@ def one_row_faulty(api, tmp_path, n, index, directive):
     data[index]["prompt"] += f" {directive}"
     path = write_jsonl(tmp_path / "in.jsonl", data)
     out = tmp_path / "out.parquet"
-    ran = run_batcher("run", path, "-o", out, "--base-url", api.url, "-m", "mock-1", "-c", "4")
+    ran = run_batcher(*run_args(path, out, api.url, "mock-1"), "-c", "4")
     return ran, out
 
 

@@ -19,6 +19,7 @@ from reliability_support import (
     error_lines,
     read_rows,
     rows,
+    run_args,
     run_batcher,
     wait_for,
     write_jsonl,
@@ -118,14 +119,7 @@ def test_batcher_json_is_the_variable_users_type(api, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", rows(1))
     out = tmp_path / "out.parquet"
     ran = run_batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
+        *run_args(data, out, api.url),
         "-q",
         env=clean_env(BATCHER_JSON="1"),
     )
@@ -176,14 +170,7 @@ def test_a_full_disk_at_the_start_sends_nothing(api, tmp_path):
     full = tmp_path / "disk-is-full"
     full.touch()
     ran = run_batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
+        *run_args(data, out, api.url),
         prelude=FULL_DISK,
         env=clean_env(FULL_DISK=str(full)),
     )

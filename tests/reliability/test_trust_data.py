@@ -21,6 +21,7 @@ from reliability_support import (
     error_lines,
     read_rows,
     rows,
+    run_args,
     run_batcher,
     wait_for,
     write_jsonl,
@@ -62,14 +63,7 @@ def test_an_input_reversed_mid_run_is_an_error_and_never_a_mislabelled_out(make_
     data = write_jsonl(tmp_path / "in.jsonl", items)
     out = tmp_path / "out.parquet"
     job = Batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
+        *run_args(data, out, api.url),
         "-c",
         "2",
         "-q",
@@ -205,14 +199,7 @@ def test_a_disk_that_fills_mid_run_stops_sending_and_loses_nothing_saved(make_ap
     data = write_jsonl(tmp_path / "in.jsonl", rows(2000))
     out = tmp_path / "out.parquet"
     args = (
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
+        *run_args(data, out, api.url),
         "-q",
         "-c",
         "8",
@@ -248,14 +235,7 @@ def test_space_freed_while_batcher_retries_saves_every_result(make_api, tmp_path
     data = write_jsonl(tmp_path / "in.jsonl", rows(2000))
     out = tmp_path / "out.parquet"
     args = (
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        api.url,
-        "-m",
-        "m",
+        *run_args(data, out, api.url),
         "-c",
         "8",
         "--flush-rows",
@@ -286,7 +266,7 @@ def run_at_c1020(api, tmp_path, prelude: str):
     """1,500 rows at -c 1020 in a process whose open-file limit `prelude` set first."""
     data = write_jsonl(tmp_path / "in.jsonl", rows(1500))
     out = tmp_path / "out.parquet"
-    args = ("run", data, "-o", out, "--base-url", api.url, "-m", "m", "-q", "-c", "1020")
+    args = (*run_args(data, out, api.url), "-q", "-c", "1020")
     return run_batcher(*args, prelude=prelude), out
 
 

@@ -23,6 +23,7 @@ from reliability_support import (
     error_lines,
     read_rows,
     rows,
+    run_args,
     run_batcher,
     write_jsonl,
 )
@@ -174,14 +175,7 @@ def test_a_server_that_is_down_stops_the_job_early_in_flat_memory(tmp_path):
     out = tmp_path / "out.parquet"
     url = refused_url()
     ran = run_batcher(
-        "run",
-        data,
-        "-o",
-        out,
-        "--base-url",
-        url,
-        "-m",
-        "m",
+        *run_args(data, out, url),
         "-q",
         prelude=SHORT_OUTAGE,
         measure_rss=True,
