@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,6 +71,26 @@ class ResultSource(Protocol):
     def get(self, request: Request) -> Result | None: ...
 
 
+class SharedLimits(Protocol):
+    """Limits one run shares with runs elsewhere (the Ray actors of one job): the rate
+    limits of the whole job, its pauses, its early stop and its count of attempts."""
+
+    def bind(self, stop: Callable[[str], None]) -> None:
+        """`stop(reason)` is how the shared side stops this run (another run saw a bad key)."""
+
+    def open(self) -> None:
+        """Let every request waiting for a permit through (this run stops)."""
+
+    async def acquire(self, model: str, charge: int) -> None:
+        """Wait for the job's permit to send a request of `charge` tokens to `model`."""
+
+    def heard(self, model: str, attempt: Attempt) -> None:
+        """What an attempt met (a reply, a 429), for the limits to learn from."""
+
+    def answered(self, error: AttemptError | None) -> None:
+        """A request's last error, or None: it worked (for the job's early stop)."""
+
+
 Requests = Iterable[Request] | AsyncIterable[Request]
 
 
@@ -95,10 +115,12 @@ class Engine:
         known: ResultSource | None = None,
         budget: Budget | None = None,
         learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
+        shared: SharedLimits | None = None,
     ) -> EngineRun:
         """A run over `requests`: iterate it for batches of results; `stop()` ends it.
-        `learned`: the limits an earlier run learned (`EngineRun.learned()`), to start from."""
-        run = EngineRun(self, requests, known=known, budget=budget)
+        `learned`: the limits an earlier run learned (`EngineRun.learned()`), to start from;
+        `shared`: limits this run shares with others (`batcher.ray`)."""
+        run = EngineRun(self, requests, known=known, budget=budget, shared=shared)
         run.resume(learned or {})
         return run
 
@@ -133,6 +155,7 @@ class EngineRun:
         *,
         known: ResultSource | None,
         budget: Budget | None,
+        shared: SharedLimits | None = None,
     ) -> None:
         settings = engine.settings
         self.settings = settings
@@ -142,6 +165,9 @@ class EngineRun:
         self._requests = requests
         self._known = known
         self._budget = budget
+        self._shared = shared
+        if shared is not None:
+            shared.bind(self.stop)
         self._failure: list[BaseException] = []
         self._limits = Limits(
             concurrency=settings.concurrency,
@@ -149,6 +175,7 @@ class EngineRun:
             tpm=settings.tpm,
             model_limits={m: (x.rpm, x.tpm) for m, x in settings.model_limits.items()},
             max_pause=settings.retry.max_wait,
+            learning=shared is None,  # shared limits learn from every run's replies
         )
         self._health = Health(settings.retry)
         self._streak = FatalStreak(settings.stop_after_fatal)
@@ -195,6 +222,8 @@ class EngineRun:
             log.info("stopping: %s", reason)
             self._pool.wake()  # requests waiting to retry or for a rate: no longer
             self._limits.open()
+            if self._shared is not None:
+                self._shared.open()
 
     def __aiter__(self) -> AsyncIterator[list[Result]]:
         if self._batches is None:
@@ -283,6 +312,8 @@ class EngineRun:
         reason = self._streak.track(attempt.error)
         if reason is not None:
             self.stop(reason)
+        if self._shared is not None:
+            self._shared.answered(attempt.error)
         return result
 
     async def _complete(
@@ -313,9 +344,11 @@ class EngineRun:
             await health.gate(self._pool.nap, self._stopping)
             if self.stopping:
                 raise _Stopped
-        limits = self._limits
+        limits, shared = self._limits, self._shared
         while True:
             limiters = await limits.acquire(model, charge)
+            if shared is not None:  # last: a permit taken is used at once, never saved up
+                await shared.acquire(model, charge)
             if self.stopping:
                 limits.refund(limiters, charge)
                 raise _Stopped
@@ -333,6 +366,8 @@ class EngineRun:
         finally:
             limits.cap.release()
         limits.learn(model, attempt, charge)
+        if shared is not None:
+            shared.heard(model, attempt)
         health.record(attempt, retry)
         if (usage := attempt.billed) is not None:
             billed.append(usage)

@@ -23,6 +23,7 @@ from batcher.types import describe_limit
 
 if TYPE_CHECKING:
     from batcher.engine.http import Attempt
+    from batcher.errors import AttemptError
 
 __all__ = ["ConcurrencyLimit", "Limits"]
 
@@ -128,7 +129,10 @@ class Limits:
     pause only when 429s flood the replies, for the 429's retry-after or a second.
 
     A pause lasts `max_pause` at most, and one of more than `NOTE` seconds is said on the log
-    and in `pause_note` (the progress bar shows it)."""
+    and in `pause_note` (the progress bar shows it).
+
+    With `learning=False` the limits a server states and the rates its 429s show are left to
+    someone else (the job's coordinator on Ray, which hears every actor's replies)."""
 
     NOTE = 5.0  # seconds: a pause longer than this is said
 
@@ -140,8 +144,10 @@ class Limits:
         tpm: float | None = None,
         model_limits: Mapping[str, tuple[float | None, float | None]] | None = None,
         max_pause: float = 60.0,
+        learning: bool = True,
     ) -> None:
         self.endpoint = RateLimiter(rpm, tpm)
+        self.learning = learning
         self.cap = ConcurrencyLimit(concurrency)
         self.pause_reason = ""
         self._max_pause = max_pause
@@ -193,7 +199,8 @@ class Limits:
             wait, why = own.observe(attempt.headers, self.cap.in_flight)
             if wait > 0:
                 self.pause(own, wait, why)
-            own.hear(attempt.headers)
+            if self.learning:
+                own.hear(attempt.headers)
         if reply is not None:
             used = reply.usage.total_tokens or charge
             for limiter in limiters:
@@ -205,10 +212,12 @@ class Limits:
             return
         if error.concurrency:
             self.cap.shrink()
-        elif error.http_status in (429, 529) and error.error_type != "quota_exhausted":
+        elif is_rate_429(error):
             for limiter in limiters:
                 limiter.settle(charge, 0)
-            tokens = any(w in error.message.lower() for w in ("token", "tpm"))
+            if not self.learning:
+                return
+            tokens = about_tokens(error)
             wait = min(self._max_pause, 1.0 if error.retry_after is None else error.retry_after)
             if own.throttled(own.now() - attempt.latency_s, tokens, wait):
                 self.said(wait, f"most requests to {model} got 429s")
@@ -263,3 +272,13 @@ class Limits:
         """Start each model where an earlier run's `learned` left it."""
         for model, limits in learned.items():
             self.of(model)[-1].resume(limits)
+
+
+def is_rate_429(error: AttemptError) -> bool:
+    """A 429 (or 529) about a rate limit, not an exhausted quota."""
+    return error.http_status in (429, 529) and error.error_type != "quota_exhausted"
+
+
+def about_tokens(error: AttemptError) -> bool:
+    """Whether a rate 429 is about tokens a minute rather than requests."""
+    return any(w in error.message.lower() for w in ("token", "tpm"))

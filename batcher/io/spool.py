@@ -1,7 +1,9 @@
 """The request spool: every request of a run, built once by the checking pass, kept in the
-job folder (`requests.arrow`, an Arrow IPC stream, lz4) for the two stages after it.
+job folder (`requests.arrow`, an Arrow IPC file, lz4) for the two stages after it.
 
 - the send phase reads back the requests still to send (`todo`), payloads as built;
+- `batcher.ray` reads the requests to send a slice of a batch at a time, wherever it likes
+  (the file format's footer finds any batch);
 - assembly reads every request's key, id and hash, window by window in input order, to
   join them with their results (no request is built again, the input is not re-parsed for
   them).
@@ -49,7 +51,7 @@ class SpoolWriter:
         self.path = path
         self.todo = 0  # requests written to send
         self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, SCHEMA, options=_OPTIONS)
+        self._writer = pa.ipc.new_file(self._sink, SCHEMA, options=_OPTIONS)
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -83,23 +85,33 @@ class SpoolWriter:
 def batches(path: Path) -> Iterator[pa.RecordBatch]:
     """The spool's record batches, in input order."""
     with pa.OSFile(str(path), "rb") as source:
-        reader = pa.ipc.open_stream(source)
-        yield from reader
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def todo_requests(path: Path) -> Iterator[Request]:
     """The requests still to send, in input order, as the checking pass built them."""
+    for batch in todo_batches(path):
+        yield from requests_in(batch)
+
+
+def todo_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The spool's batches of requests still to send (their rows only), in input order."""
     for batch in batches(path):
         todo = batch.column("todo")
         if not pc.any(todo).as_py():
             continue
-        if not pc.all(todo).as_py():
-            batch = batch.filter(todo)
-        columns = [batch.column(name).to_pylist() for name in _REQUEST_FIELDS]
-        for row, rid, model, mi, payload, rhash, est, most, sample, bad, variant in zip(*columns):
-            yield Request(
-                row, rid, model, mi, payload or b"", rhash or "", est, most, sample, bad, variant
-            )
+        yield batch if pc.all(todo).as_py() else batch.filter(todo)
+
+
+def requests_in(batch: pa.RecordBatch | pa.Table) -> Iterator[Request]:
+    """The requests of spool rows."""
+    columns = [batch.column(name).to_pylist() for name in _REQUEST_FIELDS]
+    for row, rid, model, mi, payload, rhash, est, most, sample, bad, variant in zip(*columns):
+        yield Request(
+            row, rid, model, mi, payload or b"", rhash or "", est, most, sample, bad, variant
+        )
 
 
 # The spool's columns in the order of Request's fields.
