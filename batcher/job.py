@@ -18,10 +18,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batcher import __version__
 from batcher.analysis.cost import spent_usd, with_costs
@@ -48,27 +48,14 @@ from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.spec import JobSpec
 from batcher.structured.schema import load_schema, response_format
-from batcher.types import Result
+
+if TYPE_CHECKING:
+    from batcher.ray.engine import RayRun
+from batcher.progress import PROGRESS_INTERVAL, Counts, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
 MOCK_IDENTITY = "batcher-mock://local/v1"
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Handed to the progress callback a few times a second."""
-
-    done: int
-    total: int
-    ok: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    note: str | None = (
-        None  # "paused 42 s: x-ratelimit-remaining-requests is 0", "~590 rpm from 429s"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,32 +65,6 @@ class DryRun:
     bodies: list[bytes]  # the first payloads, exactly as they would be sent
     url: str
     headers: dict[str, str]
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass
-class _Counts:
-    """What this run has finished so far, for progress."""
-
-    total: int
-    done: int = 0
-    ok: int = 0
-    prompt: int = 0
-    completion: int = 0
-
-    def add(self, batch: list[Result]) -> None:
-        self.done += len(batch)
-        for result in batch:
-            self.ok += result.ok
-            self.prompt += result.usage.prompt_tokens or 0
-            self.completion += result.usage.completion_tokens or 0
-
-    def progress(self, note: str | None) -> Progress:
-        return Progress(
-            self.done, self.total, self.ok, self.done - self.ok, self.prompt, self.completion, note
-        )
 
 
 def engine_settings(spec: JobSpec) -> EngineSettings:
@@ -160,7 +121,9 @@ class Job:
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
         self.source: InputFile | None = None  # the input as read (a copy of a stream)
-        self.engine: EngineRun | None = None  # this run of the engine, once it starts
+        self.engine: EngineRun | RayRun | None = (
+            None  # this run of the engine (or Ray's), once it starts
+        )
         self.cache: ResponseCache | None = None
         self.interrupted = False
         self._reading: asyncio.Future[InputFile] | None = None
@@ -259,10 +222,15 @@ class Job:
             budget = None
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
-            engine = Engine(self.endpoint(base_url), self._settings())
-            requests = spool.todo_requests(job_dir.spool)
             learned = job_dir.read_limits(self.identity_url)  # the mock: whatever port
-            self.engine = engine.start(requests, known=self.cache, budget=budget, learned=learned)
+            if spec.engine == "ray":
+                self.engine = self._on_ray(stack, base_url, learned)
+            else:
+                engine = Engine(self.endpoint(base_url), self._settings())
+                requests = spool.todo_requests(job_dir.spool)
+                self.engine = engine.start(
+                    requests, known=self.cache, budget=budget, learned=learned
+                )
             if self.interrupted:
                 self.engine.stop("interrupted")
             sent, row_ranges = await self._send(job_dir, found)
@@ -286,6 +254,17 @@ class Job:
                 started,
                 job_dir if keep else None,
             )
+
+    def _on_ray(self, stack, base_url: str, learned: dict) -> RayRun:
+        """The spool's requests sent by actors on Ray (`batcher.ray`), started or joined."""
+        from batcher.ray.engine import ACTORS, RayEngine, connected
+
+        stack.enter_context(connected(self.spec.ray_address))
+        assert self.job_dir is not None
+        settings = engine_settings(self.spec)
+        actors = self.spec.actors or ACTORS
+        engine = RayEngine(self.endpoint(base_url), settings, actors=actors)
+        return engine.start(self.job_dir.spool, learned=learned)
 
     def _settings(self) -> EngineSettings:
         """The engine's settings: the spec's, with no more in flight than open files allow."""
@@ -359,7 +338,7 @@ class Job:
         """Run the engine over the spool's requests still to send, flushing durable parts."""
         run = self.engine
         assert run is not None
-        counts = _Counts(found.requests - found.done)  # what this run has to do
+        counts = Counts(found.requests - found.done)  # what this run has to do
         cache = self.cache
         writer = PartWriter(
             job_dir,
@@ -384,7 +363,7 @@ class Job:
             self.progress(counts.progress(None))
         return Totals(requests=counts.done, ok=counts.ok), writer.row_ranges
 
-    async def _tick(self, counts: _Counts) -> None:
+    async def _tick(self, counts: Counts) -> None:
         """Progress a few times a second, also while nothing finishes (a long pause)."""
         assert self.progress is not None and self.engine is not None
         while True:

@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "auth_header": AUTH_STYLES,
     "on_bad_row": ("error", "skip"),
     "input_format": ("jsonl", "csv", "parquet"),
+    "engine": ("local", "ray"),
 }
 
 
@@ -80,6 +81,10 @@ class JobSpec:
     prices: Path | None = None  # price table added to the packaged one (and $BATCHER_PRICES)
     max_cost: float | None = None  # USD budget: stop sending before passing it
     dry_run: bool = False
+    # where it runs
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # "local", "auto", "ray://..." or host:port; None: local
+    actors: int | None = None  # sender actors on Ray (-c requests in flight each); None: 2
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
@@ -122,6 +127,7 @@ class JobSpec:
             if value is not None and value not in choices:
                 shown = ", ".join(repr(c) for c in choices)
                 raise UsageError(f"--{name.replace('_', '-')}: {value!r} is not one of {shown}")
+        self._check_engine()
         if self.fresh and self.retry_errors:
             raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
         if (
@@ -130,6 +136,21 @@ class JobSpec:
             and os.path.realpath(self.output) == os.path.realpath(self.input)
         ):
             raise UsageError("the output path is the input file")
+
+    def _check_engine(self) -> None:
+        if self.engine != "ray":
+            for name in ("ray_address", "actors"):
+                if getattr(self, name) is not None:
+                    flag = f"--{name.replace('_', '-')}"
+                    raise UsageError(f"{flag} is for --engine ray; add --engine ray or drop it")
+            return
+        if self.actors is not None:
+            check_positive("actors", self.actors)
+        for name, flag in (("cache", "--cache"), ("max_cost", "--max-cost")):
+            if getattr(self, name) is not None:
+                raise UsageError(
+                    f"{flag} is not available with --engine ray yet; run it on the local engine"
+                )
 
     def named_body(self) -> dict[str, str]:
         """The body keys the named options set, and the option that sets each."""

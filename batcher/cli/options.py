@@ -241,6 +241,24 @@ JOB_OPTIONS = [
         type=click.Path(file_okay=False, path_type=Path),
         help="Response cache directory, shared by jobs [env: BATCHER_CACHE].",
     ),
+    click.option(
+        "--engine",
+        type=click.Choice(CHOICES["engine"]),
+        default="local",
+        show_default=True,
+        help="Where requests are sent from: this process, or actors on Ray Data "
+        "(pip install 'batcher[ray]').",
+    ),
+    click.option(
+        "--ray-address",
+        metavar="ADDR",
+        help="--engine ray: 'local' (a Ray on 127.0.0.1, the default), 'auto' or a cluster.",
+    ),
+    click.option(
+        "--actors",
+        type=int,
+        help="--engine ray: sender actors, each with -c requests in flight [default: 2].",
+    ),
 ]
 
 

@@ -7,6 +7,8 @@ not under `if TYPE_CHECKING:`), so a cycle hidden in a lazy import counts too.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,7 +109,12 @@ def test_the_cycle_finder_finds_one():
     [
         ("aiohttp", ("batcher.engine.http", "batcher.engine.engine", "batcher.mock")),
         ("click", ("batcher.cli",)),
-        ("pyarrow", ("batcher.io", "batcher.analysis", "batcher.structured.columns")),
+        # Ray Data's blocks are Arrow tables: batcher.ray reads and makes them.
+        (
+            "pyarrow",
+            ("batcher.io", "batcher.analysis", "batcher.structured.columns", "batcher.ray"),
+        ),
+        ("ray", ("batcher.ray",)),
     ],
 )
 def test_third_party_libraries_stay_behind_their_boundary(library, allowed):
@@ -123,3 +130,9 @@ def test_third_party_libraries_stay_behind_their_boundary(library, allowed):
 def test_modules_are_a_readable_size():
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_importing_batcher_never_imports_ray():
+    code = "import batcher, batcher.api, batcher.job, batcher.cli, sys; print('ray' in sys.modules)"
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout) == (0, "False\n")

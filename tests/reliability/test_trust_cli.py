@@ -90,6 +90,26 @@ CONFLICTS = {
         ("-m", "m", "-o", "{tmp}/out.csv"),
         "{tmp}/out.csv: batcher writes Parquet; name the output .parquet (not .csv)",
     ),
+    "actors_on_the_local_engine": (
+        TEXT_ROWS,
+        ("-m", "m", "--actors", "4"),
+        "--actors is for --engine ray; add --engine ray or drop it",
+    ),
+    "ray_address_on_the_local_engine": (
+        TEXT_ROWS,
+        ("-m", "m", "--ray-address", "auto"),
+        "--ray-address is for --engine ray; add --engine ray or drop it",
+    ),
+    "cache_on_ray": (
+        TEXT_ROWS,
+        ("-m", "m", "--engine", "ray", "--cache", "{tmp}/cache"),
+        "--cache is not available with --engine ray yet; run it on the local engine",
+    ),
+    "budget_on_ray": (
+        TEXT_ROWS,
+        ("-m", "m", "--engine", "ray", "--max-cost", "5"),
+        "--max-cost is not available with --engine ray yet; run it on the local engine",
+    ),
 }
 
 

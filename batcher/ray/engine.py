@@ -1,0 +1,325 @@
+"""The job's requests sent on Ray Data: the driver's side of `--engine ray`.
+
+    request spool (job folder, the driver's node)
+      ──► SpoolSource: one read task per block of requests still to send
+      ──► map_batches(Sender, N actors): batcher's Engine in each, one Coordinator for all
+      ──► the driver: results, block by block, to the job's part writer (as a local run)
+
+`RayRun` is what `Job` iterates instead of a local `EngineRun`: the same batches of
+results, `stop()`, `note()`, `learned()` and `sent`, so resume, assembly, the summary and
+the exit codes are the local engine's. The driver stays the one writer of the job folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import pickle
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data import Datasource
+from ray.data.block import BlockMetadata
+from ray.data.datasource import ReadTask
+
+from batcher.engine.engine import EngineSettings
+from batcher.errors import BatcherError
+from batcher.io import spool
+from batcher.providers import Endpoint
+from batcher.ray.coordinator import Coordinator
+from batcher.ray.sender import RowRules, Sender, SenderConfig
+from batcher.types import Result
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+ACTORS = 2  # sender actors unless --actors says
+# Blocks an actor works on at once: with blocks of -c / 2 requests, 4 x -c requests wait
+# in its run, so -c stay in flight while blocks come and go.
+CALLS_PER_ACTOR = 8
+ACTOR_CPUS = 0.25  # a sender waits on the network: four fit in a CPU
+MAX_READ_TASKS = 20_000  # a huge spool gets bigger blocks rather than more tasks
+MIN_BLOCK = 32  # requests: fewer make each a Ray task of its own for little work
+STATUS_INTERVAL = 0.2  # seconds between the driver's looks at the coordinator
+
+
+class RayJobError(BatcherError):
+    """Ray could not run the job (an actor kept dying, the cluster went away)."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Ray, started or joined for the block, unless it is already (a notebook's own)."""
+    if ray.is_initialized():
+        yield
+        return
+    connect(address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def connect(address: str | None) -> None:
+    """Start or join Ray: `"local"` starts one on this machine bound to 127.0.0.1 (and so
+    does None, unless $RAY_ADDRESS names a cluster); an address joins that cluster."""
+    address = address or os.environ.get("RAY_ADDRESS") or LOCAL
+    for name in ("ray", "ray.data"):  # Ray's own notes on stderr: errors only
+        logging.getLogger(name).setLevel(logging.ERROR)
+    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address == LOCAL:
+        options.update(_node_ip_address="127.0.0.1", include_dashboard=False)
+    # Ray's C++ side writes notes to stderr: errors only (the core workers' note that they
+    # set the level is said while ray.init starts, with stderr pointed elsewhere).
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    on_loopback = address == LOCAL or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    with _stderr_to(os.devnull), _loopback(on_loopback):
+        ray.init(address=address, **options)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the job's own bar says it
+    context.print_on_execution_start = False
+
+
+@contextlib.contextmanager
+def _loopback(local: bool) -> Iterator[None]:
+    """A local Ray that binds 127.0.0.1 only. Ray 2.60 turns `_node_ip_address="127.0.0.1"`
+    into the machine's own address and listens on every interface, unless it takes the
+    machine for one that runs no cluster (its setting for Windows and macOS laptops); so it
+    is told that while it starts (its processes read the variable, this one the constant)."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved = os.environ.get(name)
+    flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str) -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY)
+    os.dup2(target, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
+def coordinator(settings: EngineSettings, learned: Mapping | None = None) -> Any:
+    """The job's Coordinator actor (no CPU of its own, one call at a time: no locks)."""
+    actor = ray.remote(num_cpus=0)(Coordinator)
+    return actor.remote(
+        settings.rpm,
+        settings.tpm,
+        {m: (x.rpm, x.tpm) for m, x in settings.model_limits.items()},
+        settings.stop_after_fatal,
+        learned,
+    )
+
+
+def actor_settings(settings: EngineSettings) -> EngineSettings:
+    """An actor's own settings: the job's limits are the coordinator's to hold."""
+    return dataclasses.replace(settings, rpm=None, tpm=None, model_limits={})
+
+
+def map_senders(ds: Any, config: SenderConfig, actors: int, batch_size: int) -> Any:
+    """`ds` through `actors` Sender actors, `batch_size` rows a call."""
+    # The config goes with the class (Ray keeps constructor arguments in the object store,
+    # from where an actor restarted after its node died cannot always take them back).
+    sender = type("Sender", (Sender,), {"config": config})
+    return ds.map_batches(
+        sender,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            size=actors,
+            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+            max_tasks_in_flight_per_actor=2 * CALLS_PER_ACTOR,
+        ),
+        num_cpus=ACTOR_CPUS,
+        zero_copy_batch=True,
+    )
+
+
+class RayEngine:
+    """Sends a job's spooled requests through `actors` Sender actors on Ray."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        settings: EngineSettings,
+        *,
+        actors: int,
+        rows: RowRules | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.actors = actors
+        self.rows = rows
+
+    def start(
+        self,
+        spool_path: Path,
+        *,
+        learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
+    ) -> RayRun:
+        shared = coordinator(self.settings, learned)
+        config = SenderConfig(self.endpoint, actor_settings(self.settings), shared)
+        source = SpoolSource(spool_path, self.settings.concurrency)
+        ds = ray.data.read_datasource(
+            source, num_cpus=ACTOR_CPUS, override_num_blocks=max(1, len(source.slices))
+        )
+        ds = map_senders(ds, config, self.actors, source.block)
+        return RayRun(ds, shared)
+
+
+class SpoolSource(Datasource):
+    """The spool's requests still to send as a Ray Datasource: one read task per block of
+    `concurrency / 2` requests (32 at least, more for a huge spool), read on the driver's node
+    (the job folder is there), so every actor gets work and results come back often."""
+
+    def __init__(self, path: Path, concurrency: int) -> None:
+        self.path = path
+        self.slices: list[tuple[int, int, int]] = []  # spool batch, offset, length
+        counts = []
+        for i, batch in enumerate(spool.batches(path)):
+            counts.append((i, pc.sum(batch.column("todo").cast(pa.int64())).as_py() or 0))
+        total = sum(n for _, n in counts)
+        self.block = max(MIN_BLOCK, concurrency // 2, math.ceil(total / MAX_READ_TASKS))
+        for i, n in counts:
+            self.slices += [(i, offset, self.block) for offset in range(0, n, self.block)]
+
+    @property
+    def supports_distributed_reads(self) -> bool:
+        return False  # Ray reads it on the driver's node
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_name(self) -> str:
+        return "BatcherSpool"
+
+    def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
+        path = self.path
+        meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+        return [ReadTask(lambda s=s: [read_slice(path, *s)], meta) for s in self.slices]
+
+
+def read_slice(path: Path, batch: int, offset: int, length: int) -> pa.Table:
+    """Requests [offset, offset + length) among those still to send of spool batch `batch`."""
+    with pa.OSFile(str(path), "rb") as source:
+        record = pa.ipc.open_file(source).get_batch(batch)
+    record = record.filter(record.column("todo"))
+    return pa.Table.from_batches([record.slice(offset, length)])
+
+
+class RayRun:
+    """One job's requests on Ray, as `Job` iterates a local run: batches of results."""
+
+    def __init__(self, ds: Any, shared: Any) -> None:
+        self.stop_reason: str | None = None
+        self.sent = 0
+        self._ds = ds
+        self._shared = shared
+        self._note: str | None = None
+        self._learned: dict = {}
+        self._batches: AsyncIterator[list[Result]] | None = None
+        self._closed = False
+
+    def note(self) -> str | None:
+        return self._note
+
+    def learned(self) -> dict[str, dict[str, tuple[float, str]]]:
+        return self._learned
+
+    def stop(self, reason: str) -> None:
+        """Every actor sends nothing new; what is in flight finishes."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+            self._shared.stop.remote(reason)
+
+    def __aiter__(self) -> AsyncIterator[list[Result]]:
+        if self._batches is None:
+            self._batches = self._run()
+        return self._batches
+
+    async def aclose(self) -> None:
+        if self._batches is not None:
+            await self._batches.aclose()  # type: ignore[attr-defined]
+
+    async def _run(self) -> AsyncIterator[list[Result]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        end = object()
+
+        def pump() -> None:  # Ray's iterator blocks: it runs in a thread of its own
+            try:
+                for block in self._ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if self._closed:
+                        break
+                    for blob in block.column("results").to_pylist():
+                        loop.call_soon_threadsafe(queue.put_nowait, pickle.loads(blob))
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, end)
+
+        thread = threading.Thread(target=pump, name="batcher-ray", daemon=True)
+        thread.start()
+        watcher = asyncio.ensure_future(self._watch())
+        try:
+            while (item := await queue.get()) is not end:
+                if isinstance(item, BaseException):
+                    self.stop("Ray failed")
+                    raise RayJobError(f"Ray could not run the job: {_first_line(item)}")
+                if item:
+                    yield item  # type: ignore[misc]
+        finally:
+            self._closed = True
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await self._look()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            await self._look()
+
+    async def _look(self) -> None:
+        """The coordinator's counts, note, stop reason and learned limits."""
+        status = await asyncio.wrap_future(self._shared.status.remote().future())
+        self.sent, self._note, reason, self._learned = status
+        if reason is not None and self.stop_reason is None:
+            self.stop_reason = reason
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,313 @@
+"""`--engine ray` and `batcher.ray` on a local Ray bound to 127.0.0.1: one Ray for the module
+(its start-up is seconds), the CLI in this process joining it, a subprocess driver for
+kill -9. Skip them with `pytest -m "not ray"`; CI runs them."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+
+from batcher.io.jobdir import JobDir
+from batcher.mock import MockConfig, MockServerThread
+
+pytestmark = pytest.mark.ray
+
+LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
+TIMINGS = {"latency_s", "created", "response_id"}  # what two runs of one job may differ in
+
+
+def rows(n: int) -> list[dict]:
+    return [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray on 127.0.0.1 (no dashboard) for the module; yields its address."""
+    import ray
+
+    from batcher.ray.engine import connect
+
+    connect("local")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(**config) -> MockServerThread:
+        server = MockServerThread(MockConfig(**config))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def table(path: Path):
+    return pq.read_table(path)
+
+
+def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, cli, serve, tmp_path):
+    api = serve()
+    data = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    args = ("--base-url", api.url, "-m", "a", "-m", "b", "--template", "Q: {prompt}", "-q")
+    local = cli("run", data, "-o", tmp_path / "local.parquet", *args)
+    on_ray = cli("run", data, "-o", tmp_path / "ray.parquet", *args, "--engine", "ray")
+    assert (local.exit_code, on_ray.exit_code) == (0, 0)
+    assert on_ray.stdout == f"{tmp_path / 'ray.parquet'}\n"
+    a, b = table(tmp_path / "local.parquet"), table(tmp_path / "ray.parquet")
+    assert a.schema == b.schema and a.num_rows == b.num_rows == 240
+    names = [n for n in a.column_names if n not in TIMINGS]
+    assert a.select(names).to_pylist() == b.select(names).to_pylist()
+    assert len(api.log) == 480  # every request once per run
+
+
+def test_faults_and_a_rate_limit_through_the_cli(cluster, cli, serve, tmp_path):
+    api = serve(fail_rate=0.15, faults=("429", "500", "503", "drop"), rpm=1200, rpm_window=1.0)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(200))
+    out = tmp_path / "out.parquet"
+    ran = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
+        "--actors", "2", "-c", "8", "--rpm", "1200", "-q",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.stderr
+    result = table(out)
+    assert result.column("id").to_pylist() == [f"r{i}" for i in range(200)]
+    assert set(result.column("status").to_pylist()) == {"ok"}
+    attempts = sum(result.column("attempts").to_pylist())
+    assert attempts == len(api.log)  # every attempt counted on its row
+    answered = [e.t for e in api.log if e.fault is None]
+    assert max_in_a_second(answered) <= 20  # 1200 a minute, across both actors
+
+
+def test_two_actors_hold_one_rpm_on_a_server_enforcing_it(cluster, cli, serve, tmp_path):
+    api = serve(latency=0.05, rpm=1800, rpm_window=1.0)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(300))
+    out = tmp_path / "out.parquet"
+    ran = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
+        "--actors", "2", "-c", "16", "--rpm", "1800", "-q",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.stderr
+    times = sorted(e.t for e in api.log)
+    throttled = sum(e.status == 429 for e in api.log)
+    assert throttled <= 3  # at most 1%
+    assert max_in_a_second(times) <= 30
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert 0.9 * 30 <= rate <= 30
+
+
+def test_process_adds_the_result_columns_to_any_dataset_lazily(cluster, serve):
+    import ray
+
+    import batcher.ray
+
+    api = serve(fail_rate=0.2, faults=("500", "503"))
+    items = [{"prompt": "one"}, {"prompt": "two"}, {"prompt": "one"}, {"prompt": None}]
+    ds = batcher.ray.process(ray.data.from_items(items), base_url=api.url, models=["a"])
+    assert len(api.log) == 0  # nothing runs before the Dataset is read
+    out = sorted(ds.take_all(), key=lambda r: (r["prompt"] is None, r["prompt"] or ""))
+    assert [(r["prompt"], r["model"], r["status"]) for r in out] == [
+        ("one", "a", "ok"),
+        ("one", "a", "ok"),
+        ("two", "a", "ok"),
+        (None, "a", "error"),
+    ]
+    assert out[0]["id"] == out[1]["id"] != out[2]["id"]  # the row's content names it
+    assert out[0]["id"].startswith("row-") and len(out[0]["id"]) == 20
+    assert out[3]["error_type"] == "bad_input"
+    assert out[3]["error_message"].endswith("'prompt' must be a string, got null")
+    assert len(api.log) >= 3 and out[0]["attempts"] >= 1
+    assert out[0]["content"] and out[0]["total_tokens"] > 0
+
+
+def test_a_bad_key_stops_every_actor_after_a_few_requests(cluster, cli, serve, tmp_path):
+    api = serve(api_key="right-key-123")
+    data = write_jsonl(tmp_path / "in.jsonl", rows(2000))
+    out = tmp_path / "out.parquet"
+    ran = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
+        "--actors", "2", "-c", "4", "--api-key-env", "WRONG_KEY",
+        env={"WRONG_KEY": "wrong-key-456"},
+    )  # fmt: skip
+    assert ran.exit_code == 1
+    said = re.fullmatch(
+        r"stopped early: (\d+) requests in a row failed with HTTP 401 auth_error "
+        r"\(Incorrect API key provided\)",
+        ran.stderr.splitlines()[-2],
+    )
+    assert said is not None and 20 <= int(said.group(1)) <= len(api.log)
+    assert 20 <= len(api.log) <= 40  # 20 in a row over both actors, and what was in flight
+    result = table(out)
+    assert result.num_rows == 2000
+    statuses = result.column("error_type").to_pylist()
+    assert statuses.count("not_sent") >= 1940
+
+
+def test_the_key_stays_out_of_ray_logs_the_job_folder_and_the_output(cluster, cli, serve, tmp_path):
+    key = "sk-ray-secret-7f3a9c"
+    api = serve(api_key=key)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(40))
+    out = tmp_path / "out.parquet"
+    ran = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
+        "--api-key-env", "MY_KEY", "--keep-job-dir", "-v", env={"MY_KEY": key},
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.stderr
+    assert key not in ran.stdout + ran.stderr
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    places = [tmp_path, session / "logs"]
+    leaked = [
+        str(path)
+        for place in places
+        for path in place.rglob("*")
+        if path.is_file() and key.encode() in path.read_bytes()
+    ]
+    assert leaked == []
+
+
+def test_kill_9_of_the_driver_and_a_rerun_sends_only_what_was_not_saved(cluster, serve, tmp_path):
+    api = serve(latency=0.1)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(600))
+    out = tmp_path / "out.parquet"
+    command = [
+        sys.executable, "-m", "batcher", "run", data, "-o", out, "--base-url", api.url,
+        "-m", "m", "--engine", "ray", "--ray-address", cluster, "-c", "8", "--flush-seconds",
+        "0.2", "-q",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
+    job = JobDir(out)
+    driver = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and saved(job) < 100:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done = saved(job)
+    assert 100 <= done < 600
+    before = len(api.log)
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert len(api.log) - before == 600 - done  # nothing saved is sent again
+    result = table(out)
+    assert result.column("id").to_pylist() == [f"r{i}" for i in range(600)]
+    assert set(result.column("status").to_pylist()) == {"ok"}
+
+
+def test_an_actor_killed_mid_run_is_replaced_and_no_row_is_lost_or_doubled(
+    cluster, cli, serve, tmp_path
+):
+    api = serve(latency=0.1)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(800))
+    out = tmp_path / "out.parquet"
+    killed: list[int] = []
+
+    def kill_one_actor() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(api.log) < 150:
+            time.sleep(0.02)
+        for pid in os.listdir("/proc"):
+            cmdline = Path("/proc", pid, "cmdline")
+            if pid.isdigit() and b"MapBatches(Sender)" in read_or_empty(cmdline):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    ran = cli(
+        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
+        "--actors", "2", "-c", "8", "-q",
+    )  # fmt: skip
+    killer.join()
+    assert len(killed) == 1
+    assert ran.exit_code == 0, ran.stderr
+    result = table(out)
+    assert result.column("id").to_pylist() == [f"r{i}" for i in range(800)]
+    assert set(result.column("status").to_pylist()) == {"ok"}
+    # The dead actor's blocks went again: at most what it held (8 calls of 32) is re-sent.
+    assert 800 <= len(api.log) <= 800 + 8 * 32
+
+
+def read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def saved(job: JobDir) -> int:
+    """Results durable in the job folder's parts now."""
+    total = 0
+    for part in job.parts() if job.exists() else []:
+        try:
+            total += pq.read_metadata(part).num_rows
+        except OSError:  # renamed away between the listing and the read
+            continue
+    return total
+
+
+def max_in_a_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+
+
+def test_the_local_ray_listens_on_loopback_only(cluster):
+    assert cluster.startswith("127.0.0.1:")
+    ray_pids = {
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and is_ray_process(Path("/proc", pid, "cmdline"))
+    }
+    assert ray_pids
+    listening = listening_sockets()
+    exposed = []
+    for pid in ray_pids:
+        for fd in Path("/proc", pid, "fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            address = listening.get(target.removeprefix("socket:[").rstrip("]"))
+            if address is not None and address not in (
+                "0100007F",
+                "0000000000000000FFFF00000100007F",
+            ):
+                exposed.append((pid, address))
+    assert exposed == []
+
+
+def is_ray_process(cmdline: Path) -> bool:
+    try:
+        text = cmdline.read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return any(name in text for name in ("gcs_server", "raylet", "ray::", "ray/_private"))
+
+
+def listening_sockets() -> dict[str, str]:
+    """inode -> local address (hex, as /proc/net shows it) of every TCP socket listening."""
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                out[fields[9]] = fields[1].split(":")[0]
+    return out
