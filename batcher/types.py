@@ -265,3 +265,16 @@ def describe_limit(name: str, value: tuple[float, str]) -> str:
     """A learned limit in words: ("rpm", (600.0, "429s")) -> "600 rpm from 429s"."""
     per_minute, source = value
     return f"{per_minute:,.0f} {name} from {source}"
+
+
+def describe_learned(learned: Mapping[str, Mapping[str, tuple[float, str]]]) -> str | None:
+    """What was learned per model, for the progress bar: "~590 rpm from 429s" (the model
+    named when there are several), or None."""
+    parts = [
+        ", ".join(
+            f"{'' if len(learned) == 1 else model + ' '}~{describe_limit(name, value)}"
+            for name, value in limits.items()
+        )
+        for model, limits in learned.items()
+    ]
+    return "; ".join(parts) if parts else None

@@ -84,8 +84,8 @@ class SharedLimits(Protocol):
     async def acquire(self, model: str, charge: int) -> None:
         """Wait for the job's permit to send a request of `charge` tokens to `model`."""
 
-    def heard(self, model: str, attempt: Attempt) -> None:
-        """What an attempt met (a reply, a 429), for the limits to learn from."""
+    def heard(self, model: str, attempt: Attempt, charge: int) -> None:
+        """What an attempt of `charge` tokens met (a reply, a 429, limit headers)."""
 
     def answered(self, error: AttemptError | None) -> None:
         """A request's last error, or None: it worked (for the job's early stop)."""
@@ -347,12 +347,17 @@ class EngineRun:
         limits, shared = self._limits, self._shared
         while True:
             limiters = await limits.acquire(model, charge)
-            if shared is not None:  # last: a permit taken is used at once, never saved up
-                await shared.acquire(model, charge)
             if self.stopping:
                 limits.refund(limiters, charge)
                 raise _Stopped
             await limits.cap.acquire()
+            if shared is not None:  # last, in a slot: a permit taken goes out at once
+                try:
+                    await shared.acquire(model, charge)
+                except BaseException:  # cancelled while waiting: the slot is not taken
+                    limits.cap.release()
+                    limits.refund(limiters, charge)
+                    raise
             if not limits.paused(limiters):
                 break
             # A flood of 429s paused the model while this request waited for a slot.
@@ -367,7 +372,7 @@ class EngineRun:
             limits.cap.release()
         limits.learn(model, attempt, charge)
         if shared is not None:
-            shared.heard(model, attempt)
+            shared.heard(model, attempt, charge)
         health.record(attempt, retry)
         if (usage := attempt.billed) is not None:
             billed.append(usage)

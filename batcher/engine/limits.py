@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from batcher.engine.rates import RateLimiter
-from batcher.types import describe_limit
+from batcher.types import describe_learned
 
 if TYPE_CHECKING:
     from batcher.engine.http import Attempt
@@ -249,15 +249,7 @@ class Limits:
         paused = self.pause_note()
         if paused is not None:
             return paused
-        learned = self.learned()
-        parts = [
-            ", ".join(
-                f"{'' if len(learned) == 1 else model + ' '}~{describe_limit(name, value)}"
-                for name, value in limits.items()
-            )
-            for model, limits in learned.items()
-        ]
-        return "; ".join(parts) if parts else None
+        return describe_learned(self.learned())
 
     def learned(self) -> dict[str, dict[str, tuple[float, str]]]:
         """What was learned per model this run sent to: {"gpt-x": {"rpm": (600.0, "429s")}}."""

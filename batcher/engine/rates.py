@@ -249,17 +249,12 @@ class RateLimiter:
     def hear(self, headers: Mapping[str, str]) -> None:
         """Take the limits a reply's headers state (`x-ratelimit-limit-requests` / `-tokens`,
         Anthropic's `anthropic-ratelimit-*-limit`) as budgets, below the user's ceiling."""
-        get = headers.get
-        values = (
-            get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit"),
-            get("x-ratelimit-limit-tokens") or get("anthropic-ratelimit-tokens-limit"),
-        )
+        values = stated_limits(headers)
         if values == (None, None):  # most servers: nothing to hear
             return
         changed = False
-        for kind, value in enumerate(values):
-            limit = _number(value)
-            if limit is not None and limit > 0 and limit != self._heard[kind]:
+        for kind, limit in enumerate(values):
+            if limit is not None and limit != self._heard[kind]:
                 self._heard[kind] = limit
                 changed = True
         if changed:
@@ -425,3 +420,17 @@ class RateLimiter:
     async def _alarm(self, delay: float, fut: asyncio.Future[None]) -> None:
         await self._sleep(delay)  # type: ignore[misc]
         _wake(fut)
+
+
+def stated_limits(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """The requests and tokens a minute a reply's headers state (`x-ratelimit-limit-*`,
+    Anthropic's `anthropic-ratelimit-*-limit`), None where they state none."""
+    get = headers.get
+    values = (
+        get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit"),
+        get("x-ratelimit-limit-tokens") or get("anthropic-ratelimit-tokens-limit"),
+    )
+    if values == (None, None):
+        return None, None
+    limits = [_number(value) for value in values]
+    return tuple(x if x is not None and x > 0 else None for x in limits)  # type: ignore[return-value]

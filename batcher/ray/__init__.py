@@ -57,8 +57,10 @@ def process(ds: Any, **options: Any) -> Any:
     ...) then the row's own columns (`input_<name>` where a name is taken). A row's id is its
     `id` / `custom_id` / `id_column` value, or, without one, `row-` and a hash of the row. A bad
     row is an error row of its own; nothing in a row fails the Dataset."""
+    import ray
+
     from batcher.job import Job, engine_settings
-    from batcher.ray.engine import ACTORS, actor_settings, coordinator, map_senders
+    from batcher.ray.engine import ACTORS, actor_settings, connect, coordinator, map_senders
     from batcher.ray.sender import RowRules, SenderConfig
 
     for name in options:
@@ -67,6 +69,8 @@ def process(ds: Any, **options: Any) -> Any:
         if name not in OPTIONS:
             raise UsageError(unknown_message("option", name, set(OPTIONS) - NOT_FOR_DATASETS))
     spec = make_spec(input=Path("<dataset>"), engine="ray", **options)
+    if not ray.is_initialized():  # as `ray.data` would, but bound to 127.0.0.1
+        connect(None)
     job = Job(spec)
     base_url = job.provider.base_url or _mock_url()
     settings = engine_settings(spec)

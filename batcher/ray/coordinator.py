@@ -1,24 +1,27 @@
-"""One place for what every actor of a job shares: its rate limits, what 429s taught, its
-pauses and its early stop.
+"""One place for what every actor of a job shares: its rate limits, what replies teach
+about them, its pauses and its early stop.
 
-`Coordinator` runs as one small Ray actor per job (no CPU of its own). Actors do not ask it
-for every request: `ClusterLimits`, inside each actor, leases permits a few at a time, each
-with the moment it may be used, so the job's requests go out spaced at its limit across
-every actor. Each lease also carries what the actor met since its last one (replies and
-429s, job-fatal errors, attempts made), and comes back with the pauses and the stop reason
-every actor must know of:
+`Coordinator` runs as one small Ray actor per job (no CPU of its own, one call at a time).
+Actors do not ask it for every request: `ClusterLimits`, inside each actor, leases permits
+a few at a time, each with the moment it may be used, so the job's requests go out spaced
+at its limits across every actor. Each lease also carries what the actor met since its last
+one (replies, 429s, limits stated by headers, tokens used beyond what was leased, job-fatal
+errors), and comes back with the pauses and the stop reason every actor must know of:
 
     actor ─ lease(model, want, tokens, report) ─► Coordinator ─► permits, pauses, stop
 
-The limit of a model is the least of the user's (`--rpm`, `--tpm`, per model) and the rate
-its 429s show: the coordinator feeds every actor's replies to one `RateFinder` per model,
-as a single run feeds its own, so the rate found is the job's, not a share guessed per actor.
+A model's limits are the user's (`--rpm`, `--tpm`, per model), those its replies' headers
+state, and the rates its 429s show: the coordinator feeds every actor's replies to one pair
+of `RateFinder`s per model (requests, tokens), as a single run feeds its own, so what is
+found is the job's rate, not a share guessed per actor. Permit moments are Unix times: the
+nodes' clocks are taken to agree (NTP) to a few milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -29,20 +32,22 @@ from typing import Any
 from batcher.engine.adaptive import RateFinder
 from batcher.engine.http import Attempt
 from batcher.engine.limits import about_tokens, is_rate_429
+from batcher.engine.rates import stated_limits
 from batcher.errors import AttemptError
-from batcher.types import describe_limit
+from batcher.types import describe_learned
+
+log = logging.getLogger(__name__)
 
 # Permits go at 97% of the job's limit: a single run goes at 99%, but requests from several
 # actors meet more jitter on their way (event loops busy with Ray's own work, more hops),
 # and a server counting over a second turns a few late ones into 429s.
 SPACED = 0.97
-LEASE_SECONDS = 0.25  # a lease holds about this much of the job's rate
+LEASE_SECONDS = 0.25  # a lease holds about this much of the job's rate (or, unlimited, time)
 SYNC_SECONDS = 0.5  # an actor with nothing to lease still reports this often
 # A permit more than this late is dropped: used late, it would go out with the next one (a
 # burst the limit never allowed). Waiting requests take theirs early, so only an idle
-# actor's permits go.
+# actor's permits go; a permit already due when its lease arrives is used at once.
 LATE = 0.005
-MAX_PAUSE = 60.0
 NOTE = 5.0  # seconds: a pause longer than this is in the note
 
 
@@ -50,39 +55,75 @@ NOTE = 5.0  # seconds: a pause longer than this is in the note
 class Report:
     """What an actor met since its last lease. Times are Unix times."""
 
-    sent: int = 0  # HTTP attempts made
     # per reply: model, when it came, when its request went (None: not a 429), the pause a
-    # 429 asked for
-    replies: list[tuple[str, float, float | None, float]] = field(default_factory=list)
+    # 429 asked for, the tokens it used, whether a 429 was about tokens
+    replies: list[tuple[str, float, float | None, float, int, bool]] = field(default_factory=list)
+    owed: dict[str, int] = field(default_factory=dict)  # model: tokens used beyond the leased
+    stated: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     answers: list[bool] = field(default_factory=list)  # job-fatal (True) or worked, in order
     last_fatal: str = ""  # the last job-fatal error, in words
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Permits: the moment each may be used; the job's pauses and stop. Moments are Unix
-    times, as every node's clock tells them (a lease's time on the way is not in them)."""
+    """Permits: the Unix time each may be used (and the tokens each holds), or, with
+    `free`, no limit at all for a while; the job's pauses and stop."""
 
     times: tuple[float, ...]
+    tokens: int
     pauses: Mapping[str, float]  # model: the Unix time it is held back until
     stop_reason: str | None
+    free: bool = False
 
 
 class _Spacing:
     """A rate as a schedule: the next moment a unit may go (GCRA, a burst of one)."""
 
-    def __init__(self, per_second: float) -> None:
+    def __init__(self, per_second: float, tokens: bool) -> None:
         self.interval = 1.0 / (per_second * SPACED)
+        self.tokens = tokens
         self.next = 0.0
+
+    def cost(self, tokens: int) -> float:
+        """Seconds of this schedule one request of `tokens` takes."""
+        return self.interval * (tokens if self.tokens else 1)
+
+
+class _Rates:
+    """The limits of one scope (the endpoint, a model) as schedules, by name."""
+
+    def __init__(self) -> None:
+        self.spacings: dict[str, _Spacing] = {}
+
+    def set(self, name: str, per_minute: float | None, tokens: bool) -> None:
+        if not per_minute:
+            self.spacings.pop(name, None)
+            return
+        spacing = self.spacings.get(name)
+        if spacing is None:
+            self.spacings[name] = _Spacing(per_minute / 60.0, tokens)
+        else:
+            spacing.interval = 1.0 / (per_minute / 60.0 * SPACED)
+
+    def owe(self, tokens: int, now: float) -> None:
+        """Tokens used beyond (or, negative, short of) what was leased: the token schedules
+        move on (or back, never before now)."""
+        for spacing in self.spacings.values():
+            if not spacing.tokens:
+                continue
+            if tokens > 0:
+                spacing.next = max(now, spacing.next) + spacing.cost(tokens)
+            else:
+                spacing.next = max(now, spacing.next + spacing.cost(tokens))
 
 
 class Coordinator:
-    """The job's shared limits, pauses, early stop and counts (one per job, a Ray actor
-    taking one call at a time).
+    """The job's shared limits, pauses, early stop (one per job, a Ray actor).
 
-    `rpm`/`tpm` hold for the whole endpoint, `model_limits` per model; `learned` (per model,
-    as `learned()` gives it) starts each model's finder where an earlier run left it;
-    `stop_after_fatal` job-fatal errors in a row, over every actor, stop the job."""
+    `rpm`/`tpm` hold for the whole endpoint, `model_limits` per model; `learned` (as
+    `learned()` gives it) starts each model's finders where an earlier run left them;
+    `stop_after_fatal` job-fatal errors in a row, over every actor, stop the job; a pause
+    lasts `max_pause` seconds at most."""
 
     def __init__(
         self,
@@ -91,108 +132,125 @@ class Coordinator:
         model_limits: Mapping[str, tuple[float | None, float | None]],
         stop_after_fatal: int,
         learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
+        max_pause: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
-        self._endpoint = self._spacings(rpm, tpm)
+        self._endpoint = _Rates()
+        self._endpoint.set("rpm", rpm, False)
+        self._endpoint.set("tpm", tpm, True)
         self._user = dict(model_limits)
-        self._models: dict[str, list[tuple[_Spacing, bool]]] = {}  # model: (spacing, tokens?)
-        self._finders: dict[str, RateFinder] = {}  # model: requests a second its 429s show
-        self._found_next: dict[str, float] = {}  # model: when the rate found lets one go
-        self._learned = {m: x["rpm"][0] for m, x in (learned or {}).items() if "rpm" in x}
+        self._models: dict[str, _Rates] = {}
+        self._finders: dict[str, tuple[RateFinder, RateFinder]] = {}  # requests, tokens a s
+        self._stated: dict[str, tuple[float | None, float | None]] = {}
+        self._resumed = {m: dict(x) for m, x in (learned or {}).items()}
         self._paused: dict[str, tuple[float, str]] = {}  # model: until, why
+        self._max_pause = max_pause
         self.stop_after_fatal = stop_after_fatal
         self.stop_reason: str | None = None
         self.streak = 0
-        self.sent = 0
-
-    @staticmethod
-    def _spacings(rpm: float | None, tpm: float | None) -> list[tuple[_Spacing, bool]]:
-        return [(_Spacing(r / 60.0), tokens) for r, tokens in ((rpm, False), (tpm, True)) if r]
 
     def lease(self, model: str, want: int, tokens: int, report: Report) -> Lease:
         """Up to `want` permits for requests of `tokens` tokens to `model`, after `report`."""
         self._hear(report)
         now = self._clock()
         if self.stop_reason is not None:
-            return Lease((), {}, self.stop_reason)
-        rates = self._endpoint + self._of(model)
-        found = self._finder(model).rate(now)
-        if found is not None:
-            rates = [*rates, (_Spacing(found), False)]
-            rates[-1][0].next = self._found_next.get(model, 0.0)
+            return Lease((), 0, {}, self.stop_reason)
+        spacings = [*self._endpoint.spacings.values(), *self._rates(model, now).spacings.values()]
         start = max(now, self._until(model))
-        per_second = min((1.0 / (s.interval * (tokens if t else 1)) for s, t in rates), default=0)
-        fits = math.ceil(per_second * LEASE_SECONDS) if per_second else want
+        if not spacings:  # nothing limits it: free until the next look
+            return Lease((start + LEASE_SECONDS,), 0, self._pauses(now), None, free=True)
+        per_second = 1.0 / max(s.cost(tokens) for s in spacings)
+        count = max(1, min(want, math.ceil(per_second * LEASE_SECONDS)))
         times = []
-        for _ in range(max(1, min(want, fits))):
-            at = max([start, *(s.next for s, _ in rates)])
-            for spacing, is_tokens in rates:
-                spacing.next = at + spacing.interval * (tokens if is_tokens else 1)
+        for _ in range(count):
+            at = max([start, *(s.next for s in spacings)])
+            for spacing in spacings:
+                spacing.next = at + spacing.cost(tokens)
             times.append(at)
-        if found is not None:
-            self._found_next[model] = rates[-1][0].next
-        return Lease(tuple(times), self._pauses(now), None)
+        return Lease(tuple(times), tokens, self._pauses(now), None)
 
     def sync(self, report: Report) -> Lease:
         """Report without asking for permits; the job's pauses and stop."""
         self._hear(report)
-        return Lease((), self._pauses(self._clock()), self.stop_reason)
+        return Lease((), 0, self._pauses(self._clock()), self.stop_reason)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
 
-    def status(self) -> tuple[int, str | None, str | None, dict]:
-        """Attempts made, the note for the progress bar, the stop reason, what was learned."""
-        return self.sent, self.note(), self.stop_reason, self.learned()
+    def status(self) -> tuple[str | None, str | None, dict]:
+        """The note for the progress bar, the stop reason, what was learned."""
+        return self.note(), self.stop_reason, self.learned()
 
     def note(self) -> str | None:
-        """ "paused 42 s: <why>" while a long pause holds, else the rates learned."""
+        """ "paused 42 s: <why>" while a long pause holds, else the limits learned."""
         now = self._clock()
         until, why = max(self._paused.values(), default=(0.0, ""))
         if until - now > NOTE:
             return f"paused {until - now:.0f} s: {why}"
-        learned = self.learned()
-        parts = [
-            ", ".join(
-                f"{'' if len(learned) == 1 else model + ' '}~{describe_limit(name, value)}"
-                for name, value in limits.items()
-            )
-            for model, limits in learned.items()
-        ]
-        return "; ".join(parts) if parts else None
+        return describe_learned(self.learned())
 
     def learned(self) -> dict[str, dict[str, tuple[float, str]]]:
-        """The rate per minute each model's 429s showed: {"gpt-x": {"rpm": (600.0, "429s")}}."""
-        return {
-            model: {"rpm": (finder.found * 60, "429s")}
-            for model, finder in self._finders.items()
-            if finder.found is not None
-        }
+        """Per model, per minute and from what: {"gpt-x": {"rpm": (600.0, "429s")}}; a rate
+        429s showed wins over a stated limit only when it is lower (as in `RateLimiter`)."""
+        out: dict[str, dict[str, tuple[float, str]]] = {}
+        for model, finders in self._finders.items():
+            stated = self._stated.get(model, (None, None))
+            limits = {}
+            for kind, name in enumerate(("rpm", "tpm")):
+                found, heard = finders[kind].found, stated[kind]
+                if found is not None and (heard is None or found * 60 < heard):
+                    limits[name] = (found * 60, "429s")
+                elif heard is not None:
+                    limits[name] = (heard, "headers")
+            if limits:
+                out[model] = limits
+        return out
 
-    def _of(self, model: str) -> list[tuple[_Spacing, bool]]:
-        if model not in self._models:
-            self._models[model] = self._spacings(*self._user.get(model, (None, None)))
-        return self._models[model]
+    def _rates(self, model: str, now: float) -> _Rates:
+        """The model's schedules, brought up to date: the user's, the stated, the found."""
+        rates = self._models.get(model)
+        if rates is None:
+            rates = self._models[model] = _Rates()
+            user = self._user.get(model, (None, None))
+            rates.set("user rpm", user[0], False)
+            rates.set("user tpm", user[1], True)
+        stated = self._stated.get(model, (None, None))
+        rates.set("stated rpm", stated[0], False)
+        rates.set("stated tpm", stated[1], True)
+        for kind, finder in enumerate(self._finders_of(model)):
+            found = finder.rate(now)
+            rates.set(("found rpm", "found tpm")[kind], found and found * 60, bool(kind))
+        return rates
 
-    def _finder(self, model: str) -> RateFinder:
+    def _finders_of(self, model: str) -> tuple[RateFinder, RateFinder]:
         if model not in self._finders:
-            start = self._learned.get(model)
-            now = self._clock()
-            self._finders[model] = RateFinder(None if start is None else start / 60, now)
+            now, earlier = self._clock(), self._resumed.get(model, {})
+            self._finders[model] = tuple(  # type: ignore[assignment]
+                RateFinder(value / 60 if source == "429s" else None, now)
+                for value, source in (earlier.get(n, (0.0, "")) for n in ("rpm", "tpm"))
+            )
         return self._finders[model]
 
     def _hear(self, report: Report) -> None:
-        self.sent += report.sent
-        for model, at, sent_at, pause in sorted(report.replies, key=lambda r: r[1]):
-            finder = self._finder(model)
+        for model, stated in report.stated.items():
+            self._stated[model] = stated
+        now = self._clock()
+        for model, owed in report.owed.items():
+            self._endpoint.owe(owed, now)
+            self._rates(model, now).owe(owed, now)
+        for model, at, sent_at, pause, used, tokens in sorted(report.replies, key=lambda r: r[1]):
+            requests, token_finder = self._finders_of(model)
             if sent_at is None:
-                finder.success(at)
+                requests.success(at)
+                if used > 0:
+                    token_finder.success(at, used)
                 continue
+            finder = token_finder if tokens else requests
             _, flood = finder.throttled(at, sent_at)
             if flood:  # most replies are 429s: every actor holds the model back a while
-                until = at + min(MAX_PAUSE, pause)
+                until = at + min(self._max_pause, pause)
                 if until > self._until(model):
                     self._paused[model] = (until, f"most requests to {model} got 429s")
                 finder.restart(until)
@@ -211,18 +269,22 @@ class Coordinator:
 
 class ClusterLimits:
     """An actor's side of the `Coordinator` (the engine's `SharedLimits`): permits leased a
-    few at a time, reports batched onto the next lease or a sync twice a second."""
+    few at a time, reports batched onto the next lease or a sync twice a second. `stopped`
+    is set once the run stops (its request stream ends on it)."""
 
     def __init__(self, coordinator: Any, want: int) -> None:
         self._coordinator = coordinator  # a Ray actor handle: `.method.remote(...)` awaits
         self._want = want
-        self._slots: dict[str, deque[float]] = {}  # model: loop times permits may be used
+        # model: permits as (loop time it may be used, tokens it holds, whether it came due
+        # before it arrived), and until when nothing limits the model
+        self._slots: dict[str, deque[tuple[float, int, bool]]] = {}
+        self._free: dict[str, float] = {}
         self._low: dict[str, int] = {}  # model: permits left when the next lease is asked for
         self._leasing: dict[str, asyncio.Future[None]] = {}
         self._held: dict[str, float] = {}  # model: loop time it is held back until
         self._report = Report()
         self._stop: Callable[[str], None] | None = None
-        self._open = asyncio.Event()
+        self.stopped = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
 
     def bind(self, stop: Callable[[str], None]) -> None:
@@ -230,36 +292,52 @@ class ClusterLimits:
 
     def open(self) -> None:
         """Let every waiting request through (the run stops)."""
-        self._open.set()
+        self.stopped.set()
 
     async def acquire(self, model: str, charge: int) -> None:
         loop = asyncio.get_running_loop()
         if self._syncer is None:
             self._syncer = asyncio.ensure_future(self._sync_forever())
-        while not self._open.is_set():
-            slots = self._slots.setdefault(model, deque())
+        while not self.stopped.is_set():
             now = loop.time()
-            while slots and slots[0] < now - LATE:  # a permit nobody used in time: gone
-                slots.popleft()
-            if len(slots) <= self._low.get(model, 0) and model not in self._leasing:
+            slots = self._slots.setdefault(model, deque())
+            while slots and slots[0][0] < now - LATE and not slots[0][2]:
+                slots.popleft()  # a permit nobody used in time: gone
+            free = self._free.get(model, 0.0) > now
+            if not free and len(slots) <= self._low.get(model, 0) and model not in self._leasing:
                 self._leasing[model] = asyncio.ensure_future(self._lease(model, charge))
-            if not slots:
+            if free:
+                at, leased = self._held.get(model, 0.0), charge
+            elif slots:
+                at, leased, _ = slots.popleft()
+                at = max(at, self._held.get(model, 0.0))
+            else:
                 await asyncio.shield(self._leasing[model])
                 continue
-            at = max(slots.popleft(), self._held.get(model, 0.0))
+            if charge != leased:
+                owed = self._report.owed
+                owed[model] = owed.get(model, 0) + charge - leased
             if at > now:
                 await self._sleep(at - now)
             return
 
-    def heard(self, model: str, attempt: Attempt) -> None:
-        report = self._report
-        report.sent += 1
-        error, now = attempt.error, time.time()
+    def heard(self, model: str, attempt: Attempt, charge: int) -> None:
+        report, error = self._report, attempt.error
+        now = time.time()
+        if attempt.headers is not None:
+            stated = stated_limits(attempt.headers)
+            if stated != (None, None):
+                report.stated[model] = stated
         if attempt.reply is not None:
-            report.replies.append((model, now, None, 0.0))
-        elif error is not None and is_rate_429(error) and not about_tokens(error):
+            used = attempt.reply.usage.total_tokens or charge
+            report.replies.append((model, now, None, 0.0, used, False))
+            if used != charge:
+                report.owed[model] = report.owed.get(model, 0) + used - charge
+        elif error is not None and is_rate_429(error) and not error.concurrency:
             pause = 1.0 if error.retry_after is None else error.retry_after
-            report.replies.append((model, now, now - attempt.latency_s, pause))
+            sent_at = now - attempt.latency_s
+            report.replies.append((model, now, sent_at, pause, 0, about_tokens(error)))
+            report.owed[model] = report.owed.get(model, 0) - charge  # nothing was used
 
     def answered(self, error: AttemptError | None) -> None:
         if error is None:
@@ -285,7 +363,10 @@ class ClusterLimits:
         while True:
             await asyncio.sleep(SYNC_SECONDS)
             if not self._leasing:
-                await self._send(None, 0, 0)
+                try:
+                    await self._send(None, 0, 0)
+                except Exception as exc:  # the coordinator is away a moment: report later
+                    log.warning("cannot reach the job's coordinator: %s", exc)
 
     async def _send(self, model: str | None, want: int, tokens: int) -> None:
         report, self._report = self._report, Report()
@@ -296,20 +377,25 @@ class ClusterLimits:
         self._take(lease, model)
 
     def _take(self, lease: Lease, model: str | None) -> None:
-        to_loop = asyncio.get_running_loop().time() - time.time()  # Unix time to loop time
+        now = asyncio.get_running_loop().time()
+        to_loop = now - time.time()  # Unix time to loop time
         for held, until in lease.pauses.items():
             until += to_loop
             if until > self._held.get(held, 0.0) + 0.5:
                 self._held[held] = until
                 self._slots.pop(held, None)  # permits from before the pause: lease anew
-        if model is not None:
-            self._slots.setdefault(model, deque()).extend(t + to_loop for t in lease.times)
+        if model is not None and lease.free:
+            self._free[model] = lease.times[0] + to_loop
+        elif model is not None:
+            self._free.pop(model, None)
+            slots = self._slots.setdefault(model, deque())
+            slots.extend((t + to_loop, lease.tokens, t + to_loop < now) for t in lease.times)
             self._low[model] = len(lease.times) // 2  # lease again with half of these left
         if lease.stop_reason is not None:
-            self._open.set()
+            self.stopped.set()
             if self._stop is not None:
                 self._stop(lease.stop_reason)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
-            await asyncio.wait_for(self._open.wait(), seconds)
+            await asyncio.wait_for(self.stopped.wait(), seconds)

@@ -31,13 +31,14 @@ import ray
 from ray.data import Datasource
 from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from batcher.engine.engine import EngineSettings
 from batcher.errors import BatcherError
 from batcher.io import spool
 from batcher.providers import Endpoint
 from batcher.ray.coordinator import Coordinator
-from batcher.ray.sender import RowRules, Sender, SenderConfig
+from batcher.ray.sender import Sender, SenderConfig
 from batcher.types import Result
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,17 @@ def _stderr_to(path: str) -> Iterator[None]:
 
 
 def coordinator(settings: EngineSettings, learned: Mapping | None = None) -> Any:
-    """The job's Coordinator actor (no CPU of its own, one call at a time: no locks)."""
-    actor = ray.remote(num_cpus=0)(Coordinator)
-    return actor.remote(
+    """The job's Coordinator actor: on the driver's node, no CPU of its own, one call at a
+    time (no locks), restarted should it die (its schedules start again)."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Coordinator)
+    return actor.options(scheduling_strategy=here).remote(
         settings.rpm,
         settings.tpm,
         {m: (x.rpm, x.tpm) for m, x in settings.model_limits.items()},
         settings.stop_after_fatal,
         learned,
+        settings.retry.max_wait,
     )
 
 
@@ -176,12 +180,10 @@ class RayEngine:
         settings: EngineSettings,
         *,
         actors: int,
-        rows: RowRules | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.settings = settings
         self.actors = actors
-        self.rows = rows
 
     def start(
         self,
@@ -244,7 +246,7 @@ class RayRun:
 
     def __init__(self, ds: Any, shared: Any) -> None:
         self.stop_reason: str | None = None
-        self.sent = 0
+        self.sent = 0  # HTTP attempts of the results received
         self._ds = ds
         self._shared = shared
         self._note: str | None = None
@@ -300,12 +302,15 @@ class RayRun:
                     self.stop("Ray failed")
                     raise RayJobError(f"Ray could not run the job: {_first_line(item)}")
                 if item:
+                    self.sent += sum(r.attempts for r in item)  # type: ignore[attr-defined]
                     yield item  # type: ignore[misc]
         finally:
             self._closed = True
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            await self._look()
+            with contextlib.suppress(Exception):  # Ray itself failed: nothing to say
+                await self._look()
+                ray.kill(self._shared)
 
     async def _watch(self) -> None:
         while True:
@@ -315,7 +320,7 @@ class RayRun:
     async def _look(self) -> None:
         """The coordinator's counts, note, stop reason and learned limits."""
         status = await asyncio.wrap_future(self._shared.status.remote().future())
-        self.sent, self._note, reason, self._learned = status
+        self._note, reason, self._learned = status
         if reason is not None and self.stop_reason is None:
             self.stop_reason = reason
 

@@ -3,21 +3,23 @@
 Ray Data hands an actor several blocks at once (`Sender` is an async callable class). Their
 requests all go into the one Engine run the actor keeps for the whole job (one session,
 one set of limits, `concurrency` requests in flight), so no block waits for another's slow
-request, and each call returns once every request of its block has its result.
+request. A call returns once every request of its block has its result, or, once the run
+has stopped (a bad key, the job stopped), none for those it did not send.
 
-Two kinds of block:
+Two kinds of block, by the config's `rows`:
 
-- `Sender(..., rows=None)`: blocks of requests the driver built (the job's request spool,
-  `batcher.ray.run`); a call returns its results, pickled, for the driver's part writer;
-- `Sender(..., rows=RowRules(...))`: blocks of any Dataset's rows (`batcher.ray.process`);
-  a call builds each row's requests as a job would and returns one output row per request:
-  the result columns of OUT, then the row's own columns.
+- None: blocks of requests the driver built (the job's request spool, `batcher.ray.run`);
+  a call returns its results, pickled, for the driver's part writer;
+- `RowRules`: blocks of any Dataset's rows (`batcher.ray.process`); a call builds each
+  row's requests as a job would and returns one output row per request: the result columns
+  of OUT, then the row's own columns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import pickle
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from batcher.ray.coordinator import ClusterLimits
 from batcher.types import ErrorType, Request, Result, Status
 
 Key = tuple[int, str, int, int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class RowRules:
 
 @dataclass(frozen=True)
 class SenderConfig:
-    endpoint: Endpoint  # its key travels in memory only, as the actor's argument
+    endpoint: Endpoint  # its key travels inside Ray only, with the actor's class
     settings: EngineSettings
     coordinator: Any  # the job's Coordinator actor (it holds the limits learned)
     rows: RowRules | None = None
@@ -66,6 +69,8 @@ class Sender:
         self._rows = 0  # rows of `process` blocks so far: their numbers are this actor's own
         self._ended: str | None = None  # the run ended: why
         self._failure: BaseException | None = None  # the run failed (a bug): this
+        self._shared: ClusterLimits | None = None
+        self._consumer: asyncio.Future[None] | None = None
 
     async def __call__(self, block: pa.Table) -> dict[str, Any] | pa.Table:
         rows = self.config.rows
@@ -97,8 +102,8 @@ class Sender:
             futures.append(future)
             self._queue.put_nowait(request)
         results = list(await asyncio.gather(*futures))
-        if self._failure is not None:  # a bug in the actor's run: Ray retries the block
-            raise self._failure
+        if self._failure is not None:  # a bug in the actor's run: the Dataset fails with it
+            raise self._failure  # (and the driver says so; what it saved stays for a rerun)
         return results
 
     def _start(self) -> None:
@@ -107,8 +112,19 @@ class Sender:
         shared = ClusterLimits(config.coordinator, want=config.settings.concurrency)
 
         async def requests() -> AsyncIterator[Request]:
-            while True:
-                yield await queue.get()
+            """The blocks' requests, until the run stops (then the run ends: its workers
+            waiting here are done, and every request still waiting was not sent)."""
+            stopped = asyncio.ensure_future(shared.stopped.wait())
+            try:
+                while True:
+                    get = asyncio.ensure_future(queue.get())
+                    await asyncio.wait([get, stopped], return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        return
+                    yield get.result()
+            finally:
+                stopped.cancel()
 
         engine = Engine(config.endpoint, config.settings)
         self._run = engine.start(requests(), shared=shared)
@@ -131,13 +147,17 @@ class Sender:
             self._failure = exc
         finally:
             self._ended = run.stop_reason or "the actor's run ended"
-            if run.stop_reason is not None:  # this actor saw why: every actor stops
-                self.config.coordinator.stop.remote(run.stop_reason)
-            await self._shared.close()
             for future in self._waiting.values():
                 if not future.done():
                     future.set_result(None)
             self._waiting.clear()
+            assert self._shared is not None
+            try:
+                if run.stop_reason is not None:  # this actor saw why: every actor stops
+                    await self.config.coordinator.stop.remote(run.stop_reason)
+                await self._shared.close()
+            except Exception as exc:  # the job goes on; the coordinator hears it later
+                log.warning("cannot reach the job's coordinator: %s", exc)
 
     # --- process(): rows in, output rows out ----------------------------------------------
 
@@ -166,12 +186,12 @@ class Sender:
         )
 
     def _not_sent(self, request: Request) -> Result:
-        why = self._ended or "the job stopped early"
+        why = f" ({self._ended})" if self._ended else ""
         return Result.of(
             request,
             Status.ERROR,
             error_type=ErrorType.NOT_SENT.value,
-            error_message=f"not sent: the job stopped early ({why})",
+            error_message=f"not sent: the job stopped early{why}",
         )
 
     @staticmethod
