@@ -286,6 +286,7 @@ class ClusterLimits:
         self._stop: Callable[[str], None] | None = None
         self.stopped = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
+        self._telling: asyncio.Future[None] | None = None  # a job-fatal error on its way
 
     def bind(self, stop: Callable[[str], None]) -> None:
         self._stop = stop
@@ -346,6 +347,8 @@ class ClusterLimits:
             self._report.answers.append(True)
             status = f"HTTP {error.http_status} " if error.http_status else ""
             self._report.last_fatal = f"{status}{error.error_type} ({error.message})"
+            if self._telling is None or self._telling.done():  # at once: the job may stop
+                self._telling = asyncio.ensure_future(self._send(None, 0, 0))
 
     async def close(self) -> None:
         """Send the last report (and stop syncing)."""

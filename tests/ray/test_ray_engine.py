@@ -196,16 +196,20 @@ def test_kill_9_of_the_driver_and_a_rerun_sends_only_what_was_not_saved(cluster,
     job = JobDir(out)
     driver = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and saved(job) < 100:
+    while time.time() < deadline and len(saved_ids(job)) < 100:
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    done = saved(job)
-    assert 100 <= done < 600
+    done = saved_ids(job)
+    assert 100 <= len(done) < 600
     before = len(api.log)
     rerun = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr.decode()
-    assert len(api.log) - before == 600 - done  # nothing saved is sent again
+    # Nothing saved is sent again. (The killed driver's actors may send a few more of
+    # their unsaved blocks' requests until Ray sees the driver gone: never a saved row's.)
+    again = {e.body["messages"][0]["content"].rsplit(" ", 1)[1] for e in api.log[before:]}
+    assert again.isdisjoint(i.removeprefix("r") for i in done)
+    assert len(again) >= 600 - len(done) - 8 * 32
     result = table(out)
     assert result.column("id").to_pylist() == [f"r{i}" for i in range(600)]
     assert set(result.column("status").to_pylist()) == {"ok"}
@@ -253,15 +257,15 @@ def read_or_empty(path: Path) -> bytes:
         return b""
 
 
-def saved(job: JobDir) -> int:
-    """Results durable in the job folder's parts now."""
-    total = 0
+def saved_ids(job: JobDir) -> set[str]:
+    """The ids of the results durable in the job folder's parts now."""
+    ids: set[str] = set()
     for part in job.parts() if job.exists() else []:
         try:
-            total += pq.read_metadata(part).num_rows
+            ids.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
         except OSError:  # renamed away between the listing and the read
             continue
-    return total
+    return ids
 
 
 def max_in_a_second(times: list[float]) -> int:
