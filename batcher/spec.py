@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -144,6 +145,8 @@ class JobSpec:
                     flag = f"--{name.replace('_', '-')}"
                     raise UsageError(f"{flag} is for --engine ray; add --engine ray or drop it")
             return
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--engine ray needs Ray: pip install 'batcher[ray]'")
         if self.actors is not None:
             check_positive("actors", self.actors)
         for name, flag in (("cache", "--cache"), ("max_cost", "--max-cost")):

@@ -34,7 +34,7 @@ from ray.data.datasource import ReadTask
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from batcher.engine.engine import EngineSettings
-from batcher.errors import BatcherError
+from batcher.errors import BatcherError, UsageError
 from batcher.io import spool
 from batcher.providers import Endpoint
 from batcher.ray.coordinator import Coordinator
@@ -86,8 +86,14 @@ def connect(address: str | None) -> None:
     # set the level is said while ray.init starts, with stderr pointed elsewhere).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     on_loopback = address == LOCAL or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
-    with _stderr_to(os.devnull), _loopback(on_loopback):
-        ray.init(address=address, **options)
+    try:
+        with _stderr_to(os.devnull), _loopback(on_loopback):
+            ray.init(address=address, **options)
+    except Exception as exc:  # no cluster there, a version mismatch, ...: said in a line
+        raise UsageError(
+            f"--ray-address {address}: cannot start or join Ray: {_first_line(exc)}"
+        ) from None
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own bar says it
     context.print_on_execution_start = False
