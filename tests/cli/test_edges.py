@@ -139,3 +139,19 @@ def test_wrong_keep_columns_and_infinite_numbers_send_nothing(run_job, api, tmp_
     assert run_job(rows, out, "--timeout", "inf", model="m").exit_code == 2
     assert run_job(rows, out, "--param", "stream=true", model="m").exit_code == 2
     assert api.log == [] and not (tmp_path / "o.parquet.batcher").exists()
+
+
+def test_the_ray_engine_without_ray_installed_is_one_line(run_job, api, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a)
+    )
+    ran = run_job([{"id": "a", "prompt": "x"}], tmp_path / "out.parquet", "--engine", "ray")
+    assert (ran.exit_code, ran.stderr) == (
+        2,
+        "Error: --engine ray needs Ray: pip install 'batcher[ray]'\n",
+    )
+    assert len(api.log) == 0
+    assert not (tmp_path / "out.parquet").exists()
