@@ -23,6 +23,7 @@ from batcher.analysis.summary import JobSummary
 from batcher.api import OPTIONS, PathLike, _signature
 from batcher.api import run as _run
 from batcher.errors import UsageError
+from batcher.io.rows import sweep_grid
 from batcher.spec import make_spec, unknown_message
 
 # Options of a job that mean nothing for a Dataset (it has no file, no OUT, no job folder).
@@ -78,42 +79,26 @@ def process(ds: Any, **options: Any) -> Any:
     config = SenderConfig(
         job.endpoint(base_url), actor_settings(settings), coordinator(settings), rules
     )
-    per_row = max(1, len(job.requests.models)) * spec.samples * max(1, _grid_size(spec))
+    per_row = max(1, len(job.requests.models)) * spec.samples * len(sweep_grid(spec.sweep))
     batch = max(1, spec.concurrency // (2 * per_row))
     return map_senders(ds, config, spec.actors or ACTORS, batch)
 
 
-def _grid_size(spec: Any) -> int:
-    size = 1
-    for _, values in spec.sweep:
-        size *= len(values)
-    return size
-
-
-_mock: list[str] = []
+_mock: list[Any] = []  # the built-in mock, once started
 _mock_lock = threading.Lock()
 
 
 def _mock_url() -> str:
     """The built-in mock, in a thread of this process for as long as it lives (a Dataset
     runs later, lazily): for trying `process` with no key and no network."""
+    from batcher.mock import MockServerThread
+
     with _mock_lock:
         if not _mock:
-            import asyncio
-
-            from batcher.mock import MockServer
-
-            ready = threading.Event()
-
-            async def serve() -> None:
-                async with MockServer(keep_log=False) as server:
-                    _mock.append(server.url)
-                    ready.set()
-                    await asyncio.Event().wait()
-
-            threading.Thread(target=asyncio.run, args=(serve(),), daemon=True).start()
-            ready.wait()
-        return _mock[0]
+            server = MockServerThread(keep_log=False)
+            server.start()
+            _mock.append(server)
+        return _mock[0].url
 
 
 process.__signature__ = _signature(process).replace(  # type: ignore[attr-defined]

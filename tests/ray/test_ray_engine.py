@@ -19,7 +19,6 @@ import pytest
 from conftest import write_jsonl
 
 from batcher.io.jobdir import JobDir
-from batcher.mock import MockConfig, MockServerThread
 
 pytestmark = pytest.mark.ray
 
@@ -43,27 +42,18 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(**config) -> MockServerThread:
-        server = MockServerThread(MockConfig(**config))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def table(path: Path):
     return pq.read_table(path)
 
 
-def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, cli, serve, tmp_path):
-    api = serve()
+def run_on_ray(cli, data: Path, out: Path, api, *args: str, env=None):
+    """`batcher run DATA -o OUT --base-url API -m m --engine ray ARGS...` in this process."""
+    base = ("run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray")
+    return cli(*base, *args, env=env)
+
+
+def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, cli, make_api, tmp_path):
+    api = make_api()
     data = write_jsonl(tmp_path / "in.jsonl", rows(120))
     args = ("--base-url", api.url, "-m", "a", "-m", "b", "--template", "Q: {prompt}", "-q")
     local = cli("run", data, "-o", tmp_path / "local.parquet", *args)
@@ -77,14 +67,23 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, cli, serve,
     assert len(api.log) == 480  # every request once per run
 
 
-def test_faults_and_a_rate_limit_through_the_cli(cluster, cli, serve, tmp_path):
-    api = serve(fail_rate=0.15, faults=("429", "500", "503", "drop"), rpm=1200, rpm_window=1.0)
+def test_faults_and_a_rate_limit_through_the_cli(cluster, cli, make_api, tmp_path):
+    api = make_api(fail_rate=0.15, faults=("429", "500", "503", "drop"), rpm=1200, rpm_window=1.0)
     data = write_jsonl(tmp_path / "in.jsonl", rows(200))
     out = tmp_path / "out.parquet"
-    ran = cli(
-        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
-        "--actors", "2", "-c", "8", "--rpm", "1200", "-q",
-    )  # fmt: skip
+    ran = run_on_ray(
+        cli,
+        data,
+        out,
+        api,
+        "--actors",
+        "2",
+        "-c",
+        "8",
+        "--rpm",
+        "1200",
+        "-q",
+    )
     assert ran.exit_code == 0, ran.stderr
     result = table(out)
     assert result.column("id").to_pylist() == [f"r{i}" for i in range(200)]
@@ -95,14 +94,23 @@ def test_faults_and_a_rate_limit_through_the_cli(cluster, cli, serve, tmp_path):
     assert max_in_a_second(answered) <= 20  # 1200 a minute, across both actors
 
 
-def test_two_actors_hold_one_rpm_on_a_server_enforcing_it(cluster, cli, serve, tmp_path):
-    api = serve(latency=0.05, rpm=1800, rpm_window=1.0)
+def test_two_actors_hold_one_rpm_on_a_server_enforcing_it(cluster, cli, make_api, tmp_path):
+    api = make_api(latency=0.05, rpm=1800, rpm_window=1.0)
     data = write_jsonl(tmp_path / "in.jsonl", rows(300))
     out = tmp_path / "out.parquet"
-    ran = cli(
-        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
-        "--actors", "2", "-c", "16", "--rpm", "1800", "-q",
-    )  # fmt: skip
+    ran = run_on_ray(
+        cli,
+        data,
+        out,
+        api,
+        "--actors",
+        "2",
+        "-c",
+        "16",
+        "--rpm",
+        "1800",
+        "-q",
+    )
     assert ran.exit_code == 0, ran.stderr
     times = sorted(e.t for e in api.log)
     throttled = sum(e.status == 429 for e in api.log)
@@ -112,12 +120,12 @@ def test_two_actors_hold_one_rpm_on_a_server_enforcing_it(cluster, cli, serve, t
     assert 0.9 * 30 <= rate <= 30
 
 
-def test_process_adds_the_result_columns_to_any_dataset_lazily(cluster, serve):
+def test_process_adds_the_result_columns_to_any_dataset_lazily(cluster, make_api):
     import ray
 
     import batcher.ray
 
-    api = serve(fail_rate=0.2, faults=("500", "503"))
+    api = make_api(fail_rate=0.2, faults=("500", "503"))
     items = [{"prompt": "one"}, {"prompt": "two"}, {"prompt": "one"}, {"prompt": None}]
     ds = batcher.ray.process(ray.data.from_items(items), base_url=api.url, models=["a"])
     assert len(api.log) == 0  # nothing runs before the Dataset is read
@@ -136,16 +144,24 @@ def test_process_adds_the_result_columns_to_any_dataset_lazily(cluster, serve):
     assert out[0]["content"] and out[0]["total_tokens"] > 0
 
 
-def test_a_bad_key_stops_every_actor_after_a_few_requests(cluster, cli, serve, tmp_path):
+def test_a_bad_key_stops_every_actor_after_a_few_requests(cluster, cli, make_api, tmp_path):
     # 100 rows: the stop comes with few requests left, and every call must still return
-    api = serve(api_key="right-key-123")
+    api = make_api(api_key="right-key-123")
     data = write_jsonl(tmp_path / "in.jsonl", rows(100))
     out = tmp_path / "out.parquet"
-    ran = cli(
-        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
-        "--actors", "2", "-c", "4", "--api-key-env", "WRONG_KEY",
+    ran = run_on_ray(
+        cli,
+        data,
+        out,
+        api,
+        "--actors",
+        "2",
+        "-c",
+        "4",
+        "--api-key-env",
+        "WRONG_KEY",
         env={"WRONG_KEY": "wrong-key-456"},
-    )  # fmt: skip
+    )
     assert ran.exit_code == 1
     said = re.fullmatch(
         r"stopped early: (\d+) requests in a row failed with HTTP 401 auth_error "
@@ -159,15 +175,24 @@ def test_a_bad_key_stops_every_actor_after_a_few_requests(cluster, cli, serve, t
     assert errors.count("not_sent") == 100 - len(api.log)
 
 
-def test_the_key_stays_out_of_ray_logs_the_job_folder_and_the_output(cluster, cli, serve, tmp_path):
+def test_the_key_stays_out_of_ray_logs_the_job_folder_and_the_output(
+    cluster, cli, make_api, tmp_path
+):
     key = "sk-ray-secret-7f3a9c"
-    api = serve(api_key=key)
+    api = make_api(api_key=key)
     data = write_jsonl(tmp_path / "in.jsonl", rows(40))
     out = tmp_path / "out.parquet"
-    ran = cli(
-        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
-        "--api-key-env", "MY_KEY", "--keep-job-dir", "-v", env={"MY_KEY": key},
-    )  # fmt: skip
+    ran = run_on_ray(
+        cli,
+        data,
+        out,
+        api,
+        "--api-key-env",
+        "MY_KEY",
+        "--keep-job-dir",
+        "-v",
+        env={"MY_KEY": key},
+    )
     assert ran.exit_code == 0, ran.stderr
     assert key not in ran.stdout + ran.stderr
     import ray
@@ -183,8 +208,10 @@ def test_the_key_stays_out_of_ray_logs_the_job_folder_and_the_output(cluster, cl
     assert leaked == []
 
 
-def test_kill_9_of_the_driver_and_a_rerun_sends_only_what_was_not_saved(cluster, serve, tmp_path):
-    api = serve(latency=0.1)
+def test_kill_9_of_the_driver_and_a_rerun_sends_only_what_was_not_saved(
+    cluster, make_api, tmp_path
+):
+    api = make_api(latency=0.1)
     data = write_jsonl(tmp_path / "in.jsonl", rows(600))
     out = tmp_path / "out.parquet"
     command = [
@@ -216,9 +243,9 @@ def test_kill_9_of_the_driver_and_a_rerun_sends_only_what_was_not_saved(cluster,
 
 
 def test_an_actor_killed_mid_run_is_replaced_and_no_row_is_lost_or_doubled(
-    cluster, cli, serve, tmp_path
+    cluster, cli, make_api, tmp_path
 ):
-    api = serve(latency=0.1)
+    api = make_api(latency=0.1)
     data = write_jsonl(tmp_path / "in.jsonl", rows(800))
     out = tmp_path / "out.parquet"
     killed: list[int] = []
@@ -236,10 +263,17 @@ def test_an_actor_killed_mid_run_is_replaced_and_no_row_is_lost_or_doubled(
 
     killer = threading.Thread(target=kill_one_actor)
     killer.start()
-    ran = cli(
-        "run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray",
-        "--actors", "2", "-c", "8", "-q",
-    )  # fmt: skip
+    ran = run_on_ray(
+        cli,
+        data,
+        out,
+        api,
+        "--actors",
+        "2",
+        "-c",
+        "8",
+        "-q",
+    )
     killer.join()
     assert len(killed) == 1
     assert ran.exit_code == 0, ran.stderr
