@@ -6,20 +6,20 @@ result per key, priced with the same price table (`analysis.totals`, `analysis.c
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from batcher.analysis.cost import with_costs
 from batcher.analysis.text import aligned
 from batcher.analysis.totals import Totals, group_totals
 from batcher.errors import UsageError
 from batcher.io.jobdir import JobDir
+from batcher.io.output import metadata as output_metadata
+from batcher.io.output import read_output
 from batcher.prices import PriceTable
 
 COLUMNS = [
@@ -80,7 +80,7 @@ def job_status(
     job_dir = JobDir.of(Path(path))
     if job_dir.exists():
         return _from_job_dir(job_dir, prices, now)
-    if Path(path).is_file():
+    if Path(path).exists():
         return _from_output(Path(path), prices)
     raise UsageError(f"{path}: no such output or job directory")
 
@@ -105,11 +105,10 @@ def _from_job_dir(job_dir: JobDir, prices: PriceTable, now: float) -> JobStatus:
 
 
 def _from_output(path: Path, prices: PriceTable) -> JobStatus:
-    try:
-        meta = json.loads(pq.read_metadata(path).metadata[b"batcher"])
-    except (KeyError, TypeError, ValueError, OSError):
-        raise UsageError(f"{path}: not a batcher output file") from None
-    table = with_costs(pq.read_table(path, columns=COLUMNS), prices)
+    meta = output_metadata(path)
+    if meta is None:
+        raise UsageError(f"{path}: not a batcher output")
+    table = with_costs(read_output(path, COLUMNS), prices)
     sent = pc.invert(pc.fill_null(pc.equal(table.column("error_type"), "not_sent"), False))
     per_model = [
         _model_status(found.key["model"], found, pending=0)

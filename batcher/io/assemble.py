@@ -4,15 +4,14 @@ Window by window (an input batch of rows), the spool's requests are joined with 
 results the parts hold for those rows: one vectorised lookup on a dense key per request
 (row, model, sweep combination, sample), the newest part winning a key written twice. A
 request with no result becomes a `not_sent` error row. The input's kept columns, the
-`param_<key>` columns and the typed schema columns are added, and OUT is written through a
-temporary file and an atomic rename. Memory stays at a window or two.
+`param_<key>` columns and the typed schema columns are added, and OUT (a file or a dataset
+folder, `batcher.io.output`) is written whole or not at all. Memory stays at a window or two.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ from batcher.io.check import Fingerprint
 from batcher.io.columns import OUTPUT_SCHEMA, PART_SCHEMA, STRUCTURED_SCHEMA, Layout
 from batcher.io.input_schema import rows_table
 from batcher.io.inputs import InputFile, read_batches
-from batcher.io.jobdir import JobDir, fsync_dir, fsync_file
+from batcher.io.jobdir import JobDir
+from batcher.io.output import write_output
 from batcher.structured.columns import typed_columns
 from batcher.types import ErrorType, Status
 
@@ -196,31 +196,6 @@ def _row_range(path: Path) -> tuple[int, int]:
         low = stats.min if low is None else min(low, stats.min)
         high = stats.max if high is None else max(high, stats.max)
     return (low, high) if low is not None else (1, 0)
-
-
-def write_output(
-    path: Path,
-    schema: pa.Schema,
-    tables: Iterable[pa.Table],
-    metadata: Callable[[], dict[str, bytes]] | None = None,
-) -> int:
-    """Write the tables to `path` atomically; `metadata()` is asked for last. Return rows."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for table in tables:
-                writer.write_table(table)
-                rows += table.num_rows
-            if metadata is not None:
-                writer.add_key_value_metadata(metadata())
-        fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return rows
 
 
 def assemble(

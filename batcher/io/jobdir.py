@@ -1,7 +1,7 @@
 """The job folder `OUT.batcher/` beside an output: the one owner of its format.
 
 ```
-out/run.parquet              OUT, written at the end (through a hidden temporary, renamed)
+out/run.parquet              OUT, written at the end (a file or a dataset folder: io.output)
 out/.run.parquet.lock        one job at a time per OUT (flock)
 out/run.parquet.batcher/     the job folder, while a job runs or after it stopped
     job.json                 settings (never a key), sizes, pid, start time
@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 
 from batcher.errors import UsageError, os_problem
 from batcher.io.columns import KEY_NAMES, PART_SCHEMA
+from batcher.io.durable import fsync_dir, fsync_file
+from batcher.io.output import check_name, leftovers, read_output
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,7 @@ class JobDir:
     def check_output(self) -> None:
         """Fail before anything is sent if OUT cannot be written (its folder is made)."""
         output = self.output
-        if output.is_dir():
-            raise UsageError(f"{output}: the output path is a directory")
-        if output.suffix.lower() not in ("", ".parquet", ".pq"):
-            raise UsageError(
-                f"{output}: batcher writes Parquet; name the output .parquet (not {output.suffix})"
-            )
+        check_name(output)
         parent = output.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +117,12 @@ class JobDir:
     def clean(self) -> None:
         """Remove what a killed run left behind: temporary OUT files and tombstones."""
         parent = self.output.parent
-        for tmp in parent.glob(f".{self.output.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        for tmp in leftovers(self.output):
+            if tmp.is_dir():  # a dataset OUT being written or replaced
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
         for stone in parent.glob(f"{TOMBSTONE}*{self.path.name}"):
             shutil.rmtree(stone, ignore_errors=True)
         shutil.rmtree(self.input_copy, ignore_errors=True)
@@ -296,11 +296,8 @@ def read_results(path: Path) -> pa.Table:
     if job_dir.exists():
         return job_dir.results()
     path = Path(path)
-    if path.is_file():
-        try:
-            return pq.read_table(path)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise UsageError(f"{path}: not a readable Parquet file: {exc}") from None
+    if path.exists():
+        return read_output(path)
     raise UsageError(f"{path}: no such output or job directory")
 
 
@@ -315,22 +312,3 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

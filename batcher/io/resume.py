@@ -23,6 +23,10 @@ import pyarrow.parquet as pq
 from batcher.errors import UsageError
 from batcher.io.columns import PART_SCHEMA
 from batcher.io.jobdir import JobDir, write_atomic
+from batcher.io.output import exists as output_exists
+from batcher.io.output import iter_output, written_at
+from batcher.io.output import metadata as output_metadata
+from batcher.io.output import schema as output_schema
 from batcher.types import JOB_FATAL, Request
 
 log = logging.getLogger(__name__)
@@ -175,21 +179,16 @@ def import_output(output: Path, job_dir: Path) -> int:
     is input row n. Rows never sent are left out: they are not done.
     Returns the number of results imported.
     """
-    try:
-        source = pq.ParquetFile(output)
-        is_ours = b"batcher" in (source.metadata.metadata or {})
-    except (OSError, pa.ArrowException):
-        is_ours = False
-    if not is_ours:
+    if output_metadata(output) is None:
         raise UsageError(
             f"{output}: exists and is not a batcher output; choose another -o, or use --fresh "
             "to replace it"
         )
-    names = set(source.schema_arrow.names)
+    names = set(output_schema(output).names)
     imported = 0
     row, last_id = -1, object()
     seen: dict[tuple[str, int], int] = {}  # (model, sample) -> sweep combinations so far
-    for number, batch in enumerate(source.iter_batches(batch_size=65536)):
+    for number, batch in enumerate(iter_output(output)):
         ids = batch.column("id").to_pylist()
         models = batch.column("model").to_pylist()
         samples = batch.column("sample").to_pylist() if "sample" in names else [0] * len(ids)
@@ -228,7 +227,7 @@ def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
     if job_dir.exists() and _finished_after(job_dir):
         job_dir.remove()
     imported = False
-    if not job_dir.exists() and job_dir.output.exists():
+    if not job_dir.exists() and output_exists(job_dir.output):
         with job_dir.staging() as staging:  # all of OUT, or nothing: a kill here loses nothing
             imported = import_output(job_dir.output, staging) > 0
     if not job_dir.exists():
@@ -240,10 +239,10 @@ def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
 def _finished_after(job_dir: JobDir) -> bool:
     """Whether OUT is a batcher output written after every part of the job folder."""
     try:
-        written = job_dir.output.stat().st_mtime_ns
-        if b"batcher" not in (pq.read_metadata(job_dir.output).metadata or {}):
+        written = written_at(job_dir.output)
+        if output_metadata(job_dir.output) is None:
             return False
-    except (OSError, pa.ArrowException):
+    except OSError:
         return False
     parts = [p.stat().st_mtime_ns for p in job_dir.parts()]
     return bool(parts) and written >= max(parts)

@@ -342,9 +342,13 @@ def test_bad_options_exit_2(cli, tmp_path):
     assert result.stderr == (
         "Error: no API key for provider 'openai': set $OPENAI_API_KEY or pass --api-key-file\n"
     )
+    (tmp_path / "notes.txt").write_text("not ours")
     result = cli("run", SAMPLE / "questions.jsonl", "-o", tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == f"Error: {tmp_path}: the output path is a directory\n"
+    assert result.stderr == (
+        f"Error: {tmp_path}: a folder that is not a batcher output; choose another -o (a new "
+        "name without a suffix is written as a Parquet dataset)\n"
+    )
     result = cli("run", SAMPLE / "questions.jsonl")
     assert result.exit_code == 2
     assert result.stderr == "Error: missing -o/--output\n"

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
 
+from batcher.io import output
 from batcher.io.jobdir import JobDir
 
 pytestmark = pytest.mark.ray
@@ -52,16 +53,22 @@ def run_on_ray(cli, data: Path, out: Path, api, *args: str, env=None):
     return cli(*base, *args, env=env)
 
 
-def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, cli, make_api, tmp_path):
+def test_the_ray_engine_writes_what_the_local_engine_writes(
+    cluster, cli, make_api, tmp_path, monkeypatch
+):
+    """Row for row, the local engine's file and Ray's dataset folder (files of 100 rows)."""
+    monkeypatch.setattr(output, "DATASET_FILE_ROWS", 100)
     api = make_api()
     data = write_jsonl(tmp_path / "in.jsonl", rows(120))
     args = ("--base-url", api.url, "-m", "a", "-m", "b", "--template", "Q: {prompt}", "-q")
     local = cli("run", data, "-o", tmp_path / "local.parquet", *args)
-    on_ray = cli("run", data, "-o", tmp_path / "ray.parquet", *args, "--engine", "ray")
+    on_ray = cli("run", data, "-o", tmp_path / "ray", *args, "--engine", "ray")
     assert (local.exit_code, on_ray.exit_code) == (0, 0)
-    assert on_ray.stdout == f"{tmp_path / 'ray.parquet'}\n"
-    a, b = table(tmp_path / "local.parquet"), table(tmp_path / "ray.parquet")
-    assert a.schema == b.schema and a.num_rows == b.num_rows == 240
+    assert on_ray.stdout == f"{tmp_path / 'ray'}\n"
+    assert len(output.files(tmp_path / "ray")) == 3
+    a, b = table(tmp_path / "local.parquet"), output.read_output(tmp_path / "ray")
+    assert a.schema.remove_metadata() == b.schema.remove_metadata()
+    assert a.num_rows == b.num_rows == 240
     names = [n for n in a.column_names if n not in TIMINGS]
     assert a.select(names).to_pylist() == b.select(names).to_pylist()
     assert len(api.log) == 480  # every request once per run

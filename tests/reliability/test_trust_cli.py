@@ -83,12 +83,14 @@ CONFLICTS = {
     "jsonl_output": (
         TEXT_ROWS,
         ("-m", "m", "-o", "{tmp}/out.jsonl"),
-        "{tmp}/out.jsonl: batcher writes Parquet; name the output .parquet (not .jsonl)",
+        "{tmp}/out.jsonl: batcher writes Parquet; name the output .parquet (a file) or give a "
+        "name without a suffix (a dataset folder), not .jsonl",
     ),
     "csv_output": (
         TEXT_ROWS,
         ("-m", "m", "-o", "{tmp}/out.csv"),
-        "{tmp}/out.csv: batcher writes Parquet; name the output .parquet (not .csv)",
+        "{tmp}/out.csv: batcher writes Parquet; name the output .parquet (a file) or give a "
+        "name without a suffix (a dataset folder), not .csv",
     ),
     "actors_on_the_local_engine": (
         TEXT_ROWS,

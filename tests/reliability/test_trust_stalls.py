@@ -4,6 +4,7 @@ damaged state (issue 13, items 9-16). Each test replays one case through `python
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,10 +13,12 @@ import socket
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiohttp import web
+from conftest import wait_for
 from reliability_support import (
     MB,
     AppThread,
@@ -29,6 +32,15 @@ from reliability_support import (
 )
 
 
+def opening_a_fifo(pid: int) -> bool:
+    """Whether a thread of `pid` waits in the open of a FIFO for a writer (Linux)."""
+    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
+        with contextlib.suppress(OSError):
+            if wchan.read_text() == "wait_for_partner":
+                return True
+    return False
+
+
 def pairs(items: list[dict]) -> list[tuple]:
     return [(r["id"], r["prompt"]) for r in items]
 
@@ -40,7 +52,7 @@ def test_a_fifo_nobody_writes_to_still_stops_on_ctrl_c(api, tmp_path):
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
     job = Batcher("run", fifo, "-o", tmp_path / "out.parquet", "--base-url", api.url, "-m", "m")
-    time.sleep(1.0)  # blocked in the open of a FIFO without a writer
+    wait_for(lambda: opening_a_fifo(job.pid), timeout=30)  # its signal handler is set by now
     job.send_signal(signal.SIGINT)
     ran = job.wait(timeout=10)
     assert ran.code == 130, ran.stderr
