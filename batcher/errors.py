@@ -118,6 +118,11 @@ def quote(value: object, limit: int = QUOTE_CHARS) -> str:
     return repr(text)
 
 
+def is_uri(path: str | os.PathLike[str]) -> bool:
+    """Whether a path names a file of another filesystem: `s3://bucket/key`, `file:///x`."""
+    return "://" in os.fspath(path)
+
+
 def show_path(path: str | os.PathLike[str]) -> str:
     """The path as given, escaped if it holds characters that would break a line."""
     text = os.fspath(path)

@@ -37,11 +37,12 @@ from batcher.io import spool
 from batcher.io.assemble import assemble
 from batcher.io.check import InputScan, check_input
 from batcher.io.columns import kept_columns, output_layout
-from batcher.io.inputs import InputFile
+from batcher.io.inputs import InputFile, InputSet
 from batcher.io.jobdir import JobDir
 from batcher.io.parts import PartWriter, saving
 from batcher.io.resume import DoneIndex, earlier_results
 from batcher.io.rows import RequestSpec, sweep_grid
+from batcher.io.sources import locate
 from batcher.io.streams import in_daemon_thread, is_stream, spool_stream
 from batcher.io.templates import load_messages_template, text_or_file
 from batcher.prices import PriceTable
@@ -120,7 +121,7 @@ class Job:
             models_given=bool(spec.models),
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
-        self.source: InputFile | None = None  # the input as read (a copy of a stream)
+        self.source: InputFile | InputSet | None = None  # as read (a stream: its copy)
         self.engine: EngineRun | RayRun | None = (
             None  # this run of the engine (or Ray's), once it starts
         )
@@ -145,13 +146,14 @@ class Job:
         if self.engine is not None:
             self.engine.stop(reason)
 
-    async def open_input(self, folder: Path) -> InputFile:
-        """The input to read: the file itself, or a copy in `folder` of an input that can be
-        read only once (standard input, a FIFO); the copy is made in a thread of its own, so
-        a Ctrl-C ends the wait even while nothing arrives."""
+    async def open_input(self, folder: Path) -> InputFile | InputSet:
+        """The input to read: the file, folder or glob itself (`batcher.io.sources`), or a
+        copy in `folder` of an input that can be read only once (standard input, a FIFO);
+        the copy is made in a thread of its own, so a Ctrl-C ends the wait even while
+        nothing arrives."""
         spec = self.spec
         if not is_stream(spec.input):
-            self.source = InputFile.of(spec.input, spec.input_format)
+            self.source = locate(spec.input, spec.input_format)
             return self.source
         folder.mkdir(parents=True, exist_ok=True)
         self._reading = asyncio.get_running_loop().create_future()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batcher.errors import UsageError, os_problem
+from batcher.errors import UsageError, is_uri, os_problem
 from batcher.spec import CHOICES, JobSpec, keep_columns, unknown_message
 
 try:
@@ -217,6 +217,10 @@ def _value(name: str, hint: Any, value: Any, folder: Path, prefix: str) -> Any:
             f"{prefix}: expected the name of an environment variable such as "
             "OPENAI_API_KEY, never the key itself"
         )
+    if name == "input" and isinstance(value, str) and is_uri(value):
+        return value  # s3://..., file://...: not a path of this machine's
+    if name == "input":
+        hint = Path
     kinds = {k for k in typing.get_args(hint) or (hint,) if k is not type(None)}
     if typing.get_origin(hint) is tuple:  # tuple[str, ...]: one value or a list of them
         items = value if isinstance(value, list) else [value]

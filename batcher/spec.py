@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batcher.errors import UsageError
+from batcher.errors import UsageError, is_uri
 from batcher.providers import AUTH_STYLES, PRESETS
 
 KEEP_ALL = "all"
@@ -29,7 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class JobSpec:
-    input: Path
+    input: Path | str  # a path, a folder, a glob, or a URI (kept a str: s3://...)
     output: Path | None = None  # None only for --dry-run
     models: tuple[str, ...] = ()
     # request body
@@ -251,7 +251,7 @@ def make_spec(**options: Any) -> JobSpec:
     if unknown:
         raise UsageError(unknown_message("option", unknown[0], known))
     for name in PATHS:
-        if options.get(name) is not None:
+        if options.get(name) is not None and not (name == "input" and is_uri(options[name])):
             options[name] = Path(options[name])
     for name in ("models", "stop", "body_columns"):
         value = options.get(name)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from batcher.errors import BatcherError, StorageError
+from batcher.errors import BatcherError, StorageError, is_uri
 from batcher.spec import CHOICES, DEFAULTS, keep_columns
 
 EXIT_USAGE = 2  # bad options or input, found before anything was sent
@@ -68,7 +68,10 @@ def job_options(command: Any) -> Any:
 
 JOB_OPTIONS = [
     click.argument(
-        "input", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), required=False
+        "input",  # a file, folder or glob (a Path), or a URI (kept a str: s3://...)
+        type=click.Path(allow_dash=True, path_type=str),
+        required=False,
+        callback=lambda ctx, param, value: value if value is None or is_uri(value) else Path(value),
     ),
     click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file."),
     click.option(

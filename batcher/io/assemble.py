@@ -24,7 +24,7 @@ from batcher.io import spool
 from batcher.io.check import Fingerprint
 from batcher.io.columns import OUTPUT_SCHEMA, PART_SCHEMA, STRUCTURED_SCHEMA, Layout
 from batcher.io.input_schema import rows_table
-from batcher.io.inputs import InputFile, read_batches
+from batcher.io.inputs import InputFile, InputSet, read_batches
 from batcher.io.jobdir import JobDir
 from batcher.io.output import write_output
 from batcher.structured.columns import typed_columns
@@ -201,7 +201,7 @@ def _row_range(path: Path) -> tuple[int, int]:
 def assemble(
     job_dir: JobDir,
     *,
-    source: InputFile,
+    source: InputFile | InputSet,
     limit: int | None,
     schema: pa.Schema,
     keep: list[str] | None,
@@ -240,7 +240,7 @@ def assemble(
                     yield finish(assembler.table(requests, start, stop, None))
                 return
             shown = source.name
-            if fingerprint is not None and not fingerprint.same_file(Fingerprint.stat(source.path)):
+            if fingerprint is not None and not fingerprint.same_file(Fingerprint.stat(source)):
                 raise fingerprint.changed(shown)
             digest = hashlib.blake2b(digest_size=16)
             for batch in read_batches(source, limit=limit, digest=digest):

@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from batcher.errors import InputError, UsageError, os_problem, quote
 from batcher.io.input_schema import SchemaBuilder
-from batcher.io.inputs import InputFile, RowBatch, read_batches
+from batcher.io.inputs import InputFile, InputSet, RowBatch, file_stat, read_batches
 from batcher.io.resume import DoneIndex
-from batcher.io.rows import RequestBuilder, RequestSpec, row_id_of
+from batcher.io.rows import RequestBuilder, RequestSpec, row_id_of, unread_id
 from batcher.io.templates import RowProblem
 from batcher.types import Request
 
@@ -49,9 +49,11 @@ class Fingerprint:
     digest: str  # BLAKE2b of every byte the rows came from
 
     @classmethod
-    def stat(cls, path: str | os.PathLike[str], digest: str = "") -> Fingerprint:
-        info = os.stat(path)
-        return cls(info.st_size, info.st_mtime_ns, digest)
+    def stat(cls, source: InputFile | InputSet, digest: str = "") -> Fingerprint:
+        """The input's size and newest mtime (over every file of a set)."""
+        files = source.files if isinstance(source, InputSet) else (source,)
+        stats = [file_stat(f.path, f.fs) for f in files]
+        return cls(sum(size for size, _ in stats), max(t for _, t in stats), digest)
 
     def same_file(self, other: Fingerprint) -> bool:
         return (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
@@ -91,7 +93,7 @@ class InputScan:
 
 def check_input(
     spec: RequestSpec,
-    path: str | os.PathLike[str] | InputFile,
+    path: str | os.PathLike[str] | InputFile | InputSet,
     *,
     limit: int | None = None,
     earlier: DoneIndex | None = None,
@@ -107,14 +109,14 @@ def check_input(
     or an error unless `retry_errors` or the error is one every request met). With `tpm`
     (a model's tokens-per-minute limit), a request that needs more than a minute's tokens
     is an `InputError`: it could never be sent."""
-    file = path if isinstance(path, InputFile) else InputFile.of(path)
+    file = path if isinstance(path, (InputFile, InputSet)) else InputFile.of(path)
     source = file.name
     builder = RequestBuilder(spec, source)
     schema = SchemaBuilder()
     tally = _Tally()
     ids = array("q")
     done = 0
-    before = _stat(file.path, source)
+    before = _stat(file, source)
     digest = hashlib.blake2b(digest_size=16)
     for batch in read_batches(file, limit=limit, digest=digest):
         schema.add(batch)
@@ -124,7 +126,7 @@ def check_input(
             if row[0].bad_input is not None and spec.on_bad_row == "error":
                 raise InputError(row[0].bad_input)
             if tpm is not None and row[0].bad_input is None:
-                _check_tpm(row, tpm, f"{source}: {batch.where(i)}")
+                _check_tpm(row, tpm, batch.place(i))
             tally.add(row)
             requests += row
         ids.extend(id_hash(row_id) for row_id in builder.ids)
@@ -138,10 +140,10 @@ def check_input(
             sink(batch, requests, todo)
     if earlier is not None and earlier.not_asked():
         raise earlier.dropping()
-    after = _stat(file.path, source)
+    after = _stat(file, source)
     if not before.same_file(after):
         raise InputError(f"{source}: changed while it was being read; run again once it is whole")
-    _check_duplicates(ids, lambda: _ids(spec, file, limit), source)
+    _check_duplicates(ids, lambda: _ids(spec, file, limit))
     found = schema.schema()
     missing = [name for name in spec.body_columns if name not in found.names]
     if missing:
@@ -163,9 +165,9 @@ def check_input(
     )
 
 
-def _stat(path: str | os.PathLike[str], source: str) -> Fingerprint:
+def _stat(file: InputFile | InputSet, source: str) -> Fingerprint:
     try:
-        return Fingerprint.stat(path)
+        return Fingerprint.stat(file)
     except OSError as exc:
         raise InputError(f"{source}: {os_problem(exc)}") from None
 
@@ -188,21 +190,21 @@ def id_hash(row_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _ids(spec: RequestSpec, path: InputFile, limit: int | None) -> Iterator[Any]:
-    """(id, where) of every row, in input order (a row whose id cannot be read: "(line 7)",
-    as the builder names it)."""
+def _ids(spec: RequestSpec, path: InputFile | InputSet, limit: int | None) -> Iterator[Any]:
+    """(id, file, where) of every row, in input order (a row whose id cannot be read:
+    "(line 7)", as the builder names it)."""
     for batch in read_batches(path, limit=limit):
         for i, row in enumerate(batch.rows):
             where = batch.where(i)
             try:
                 if i in batch.bad:
                     raise RowProblem(batch.bad[i])
-                yield row_id_of(row, batch.start + i, spec.id_column), where
+                yield row_id_of(row, batch.start + i, spec.id_column), batch.source, where
             except RowProblem:
-                yield f"({where})", where
+                yield unread_id(batch, i, path.name), batch.source, where
 
 
-def _check_duplicates(hashes: array, rescan: Callable[[], Iterator[Any]], source: str) -> None:
+def _check_duplicates(hashes: array, rescan: Callable[[], Iterator[Any]]) -> None:
     """Sort the id hashes; only if two collide, read the ids again to name both lines."""
     if len(hashes) < 2:
         return
@@ -212,15 +214,17 @@ def _check_duplicates(hashes: array, rescan: Callable[[], Iterator[Any]], source
     colliding = np.unique(same).tolist()
     for start in range(0, len(colliding), DUPLICATE_CHUNK):
         wanted = set(colliding[start : start + DUPLICATE_CHUNK])
-        first: dict[str, str] = {}
-        for row_id, where in rescan():
+        first: dict[str, tuple[str, str]] = {}
+        for row_id, file, where in rescan():
             if id_hash(row_id) not in wanted:
                 continue
             if row_id in first:
+                was_in, was_at = first[row_id]
+                earlier = was_at if was_in == file else f"{was_in}: {was_at}"
                 raise InputError(
-                    f"{source}: {where}: duplicate id {quote(row_id)} (first at {first[row_id]})"
+                    f"{file}: {where}: duplicate id {quote(row_id)} (first at {earlier})"
                 )
-            first[row_id] = where
+            first[row_id] = (file, where)
 
 
 class _Tally:

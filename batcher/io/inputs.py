@@ -17,6 +17,7 @@ read only once (standard input) is copied to a file first (`batcher.io.streams`)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from typing import IO, Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batcher.errors import InputError, json_kind, one_line, os_problem, quote, show_path
@@ -57,11 +59,16 @@ class RowBatch:
     kind: str = "jsonl"  # "jsonl" | "csv" | "parquet"
     bad: dict[int, str] = field(default_factory=dict)  # position -> message of an unreadable row
     arrow: pa.RecordBatch | None = None  # Parquet: the same rows as read
+    source: str = ""  # the file the rows are in, as messages name it
 
     def where(self, i: int) -> str:
         """Where row i is, for messages: "line 7" or "row 7"."""
         unit = "row" if self.kind == "parquet" else "line"
         return f"{unit} {self.lines[i]}"
+
+    def place(self, i: int) -> str:
+        """The file and where row i is in it: "data/b.jsonl: line 7"."""
+        return f"{self.source}: {self.where(i)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,26 +79,32 @@ class InputFile:
     kind: str  # "jsonl" | "csv" | "parquet"
     compression: str | None = None  # the whole file: "gzip", "zstd", "bz2"
     name: str = ""  # as messages show it: the path as given, "-" for standard input
+    fs: Any = None  # the pyarrow FileSystem holding `path`; None: a local file
 
     @classmethod
     def of(
-        cls, path: str | os.PathLike[str], fmt: str | None = None, *, name: str | None = None
+        cls,
+        path: str | os.PathLike[str],
+        fmt: str | None = None,
+        *,
+        name: str | None = None,
+        fs: Any = None,
     ) -> InputFile:
-        """The file at `path`: its kind from `fmt` (--input-format), else its name
-        (`x.jsonl`, `x.csv.gz`, `x.parquet`); a whole-file compression from its name or
-        its first bytes."""
+        """The file at `path` (on `fs`, a pyarrow FileSystem, if given): its kind from `fmt`
+        (--input-format), else its name (`x.jsonl`, `x.csv.gz`, `x.parquet`); a whole-file
+        compression from its name or its first bytes."""
         path = Path(path)
         shown = show_path(name if name is not None else path)
         suffixes = [s.lower() for s in path.suffixes[-2:]]
         compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
         if compression is not None:
             suffixes = suffixes[:-1]
-        elif path.is_file():
-            compression = _sniff_compression(path)
+        elif fs is not None or path.is_file():
+            compression = _sniff_compression(path, fs)
         kind = fmt or (FORMATS.get(suffixes[-1]) if suffixes else None)
         if kind is None:
             try:  # a file that cannot be read says so before its name is questioned
-                os.stat(path)
+                file_stat(path, fs)
             except OSError as exc:
                 raise InputError(f"{shown}: {os_problem(exc)}") from None
             suffix = "".join(path.suffixes[-2:])
@@ -101,14 +114,47 @@ class InputFile:
             )
         if kind == "parquet" and compression is not None:
             raise InputError(f"{shown}: a compressed Parquet file: Parquet compresses itself")
-        return cls(path, kind, compression, shown)
+        return cls(path, kind, compression, shown, fs)
 
 
-def _sniff_compression(path: Path) -> str | None:
+@dataclass(frozen=True, slots=True)
+class InputSet:
+    """Several input files of one kind (a folder, a glob), read one after the other as one
+    input: row numbers run on across them, messages name each file."""
+
+    files: tuple[InputFile, ...]
+    name: str  # as given: "data/", "data/*.jsonl", "s3://bucket/prompts/"
+
+    @property
+    def kind(self) -> str:
+        return self.files[0].kind
+
+
+def file_stat(path: Path, fs: Any = None) -> tuple[int, int]:
+    """(size, mtime in ns) of a local file or of one on a pyarrow FileSystem."""
+    if fs is None:
+        info = os.stat(path)
+        return info.st_size, info.st_mtime_ns
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
+        found = fs.get_file_info(str(path))
+    except (pa.ArrowException, ValueError) as exc:
+        raise OSError(one_line(str(exc))) from None
+    if found.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(str(path))
+    if found.type == pafs.FileType.Directory:
+        raise IsADirectoryError(str(path))
+    return found.size or 0, found.mtime_ns or 0
+
+
+def _sniff_compression(path: Path, fs: Any = None) -> str | None:
+    try:
+        if fs is None:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        else:
+            with fs.open_input_stream(str(path), compression=None) as f:
+                head = f.read(4)
+    except (OSError, pa.ArrowException):
         return None  # the reader says what is wrong
     return next((c for magic, c in MAGIC.items() if head.startswith(magic)), None)
 
@@ -119,7 +165,7 @@ def file_kind(path: str | os.PathLike[str]) -> str:
 
 
 def read_batches(
-    path: str | os.PathLike[str] | InputFile,
+    path: str | os.PathLike[str] | InputFile | InputSet,
     *,
     limit: int | None = None,
     batch_rows: int = 4096,
@@ -141,7 +187,22 @@ def read_batches(
         raise ValueError(f"limit must be at least 1, got {limit}")
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-    file = path if isinstance(path, InputFile) else InputFile.of(path)
+    if isinstance(path, InputSet):
+        yield from _set_batches(path, limit, batch_rows, errors, digest)
+    else:
+        file = path if isinstance(path, InputFile) else InputFile.of(path)
+        yield from _read_file(file, limit, batch_rows, errors, digest)
+
+
+def _read_file(
+    file: InputFile,
+    limit: int | None,
+    batch_rows: int,
+    errors: str,
+    digest: Any,
+    *,
+    allow_empty: bool = False,
+) -> Iterator[RowBatch]:
     kind, source = file.kind, file.name
     with _open(file, source) as f:
         try:
@@ -157,15 +218,38 @@ def read_batches(
             empty = True
             for batch in batches:
                 empty = False
-                yield batch
+                yield dataclasses.replace(batch, source=source)
         except OSError as exc:
             raise InputError(f"{source}: {os_problem(exc)}") from None
-    if empty:
+    if empty and not allow_empty:
         raise InputError(f"{source}: no rows")
+
+
+def _set_batches(
+    inputs: InputSet, limit: int | None, batch_rows: int, errors: str, digest: Any
+) -> Iterator[RowBatch]:
+    """The batches of each file in turn, numbered on from the rows of the files before."""
+    start = 0
+    for file in inputs.files:
+        left = None if limit is None else limit - start
+        if left is not None and left < 1:
+            return
+        rows = 0
+        for batch in _read_file(file, left, batch_rows, errors, digest, allow_empty=True):
+            yield dataclasses.replace(batch, start=start + batch.start)
+            rows = batch.start + len(batch.rows)
+        start += rows
+    if start == 0:
+        raise InputError(f"{inputs.name}: no rows in any of its {len(inputs.files)} files")
 
 
 def _open(file: InputFile, source: str) -> IO[bytes]:
     try:
+        if file.fs is not None:
+            if file.kind == "parquet":
+                return file.fs.open_input_file(str(file.path))
+            stream = file.fs.open_input_stream(str(file.path), compression=file.compression)
+            return io.BufferedReader(_Raw(stream), buffer_size=READ_BUFFER)
         if file.compression is None:
             return open(file.path, "rb", buffering=READ_BUFFER)
         stream = pa.input_stream(str(file.path), compression=file.compression)
@@ -404,6 +488,7 @@ def _not_parquet(source: str, exc: Exception) -> InputError:
 
 __all__ = [
     "InputFile",
+    "InputSet",
     "RowBatch",
     "file_kind",
     "quote",

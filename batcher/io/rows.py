@@ -90,6 +90,14 @@ class _Plan:
     max_tokens: int | None
 
 
+def unread_id(batch: RowBatch, i: int, source: str) -> str:
+    """The id of a bad row whose own id cannot be read: "(line 7)", with the file when the
+    input has several ("(data/b.jsonl: line 7)"). It joins the ids checked for duplicates,
+    so it can never stand for a real row as well."""
+    same_file = not batch.source or batch.source == source
+    return f"({batch.where(i)})" if same_file else f"({batch.place(i)})"
+
+
 class RequestBuilder:
     """Turns rows into requests; remembers the model order of one pass over the input."""
 
@@ -142,14 +150,12 @@ class RequestBuilder:
             return self._bad(index, row_id, self._message(batch, i, exc), row)
 
     def _unread_id(self, batch: RowBatch, i: int) -> str:
-        """The id of a bad row whose own id cannot be read: "(line 7)". It joins the ids
-        checked for duplicates, so it can never stand for a real row as well."""
-        row_id = f"({batch.where(i)})"
+        row_id = unread_id(batch, i, self.source)
         self.ids.append(row_id)
         return row_id
 
     def _message(self, batch: RowBatch, i: int, exc: RowProblem) -> str:
-        return f"{self.source}: {batch.where(i)}: {exc}"
+        return f"{batch.source or self.source}: {batch.where(i)}: {exc}"
 
     def _plan(self, row: dict[str, Any], row_id: str, is_csv: bool) -> _Plan:
         if "custom_id" in row and isinstance(row.get("body"), dict):
