@@ -73,7 +73,12 @@ JOB_OPTIONS = [
         required=False,
         callback=lambda ctx, param, value: value if value is None or is_uri(value) else Path(value),
     ),
-    click.option("-o", "--output", type=click.Path(path_type=Path), help="Output Parquet file."),
+    click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        help="OUT: NAME.parquet (one Parquet file) or NAME (a Parquet dataset folder).",
+    ),
     click.option(
         "--job",
         "job_file",

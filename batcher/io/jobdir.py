@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from batcher.errors import UsageError, os_problem
 from batcher.io.columns import KEY_NAMES, PART_SCHEMA
 from batcher.io.durable import fsync_dir, fsync_file
-from batcher.io.output import check_name, leftovers, read_output
+from batcher.io.output import check_name, read_output, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,7 @@ class JobDir:
     def clean(self) -> None:
         """Remove what a killed run left behind: temporary OUT files and tombstones."""
         parent = self.output.parent
-        for tmp in leftovers(self.output):
-            if tmp.is_dir():  # a dataset OUT being written or replaced
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        remove_leftovers(self.output)
         for stone in parent.glob(f"{TOMBSTONE}*{self.path.name}"):
             shutil.rmtree(stone, ignore_errors=True)
         shutil.rmtree(self.input_copy, ignore_errors=True)

@@ -15,6 +15,7 @@ output or the new one, never a mix. `cost`, `report`, `status` and resume read b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -141,10 +142,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def leftovers(path: Path) -> list[Path]:
-    """What a killed write of OUT left beside it (temporary files and folders)."""
+def remove_leftovers(path: Path) -> None:
+    """Remove what a killed write of OUT left beside it (temporary files and folders)."""
     path = Path(path)
-    return [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*.old")]
+    for left in [
+        *path.parent.glob(f".{path.name}.*.tmp"),
+        *path.parent.glob(f".{path.name}.*.old"),
+    ]:
+        with contextlib.suppress(OSError):
+            _remove(left)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -165,9 +171,11 @@ def metadata(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def written_at(path: Path) -> int:
-    """When OUT was written (ns): the mtime of its file, or of a dataset's last file."""
-    return files(path)[-1].stat().st_mtime_ns
+def written_at(path: Path) -> int | None:
+    """When OUT was written (ns): the mtime of its file, or of a dataset's last file; None
+    when there is none (yet)."""
+    found = files(path) if exists(path) else []
+    return found[-1].stat().st_mtime_ns if found else None
 
 
 def schema(path: Path) -> pa.Schema:

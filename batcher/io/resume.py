@@ -240,9 +240,9 @@ def _finished_after(job_dir: JobDir) -> bool:
     """Whether OUT is a batcher output written after every part of the job folder."""
     try:
         written = written_at(job_dir.output)
-        if output_metadata(job_dir.output) is None:
-            return False
     except OSError:
+        return False
+    if written is None or output_metadata(job_dir.output) is None:
         return False
     parts = [p.stat().st_mtime_ns for p in job_dir.parts()]
     return bool(parts) and written >= max(parts)

@@ -36,10 +36,7 @@ def locate(given: str | os.PathLike[str], fmt: str | None = None) -> InputFile |
         if prefix == "file://":
             prefix = "file://" if path.startswith("/") else "file:///"
         return _locate(fs, path, shown, fmt, lambda p: show_path(prefix + p))
-    if _is_pattern(text) and not os.path.exists(text):
-        local = pafs.LocalFileSystem()
-        return _locate(local, os.path.abspath(text), shown, fmt, _relative(text), remote=False)
-    if os.path.isdir(text):
+    if os.path.isdir(text) or (_is_pattern(text) and not os.path.exists(text)):
         local = pafs.LocalFileSystem()
         return _locate(local, os.path.abspath(text), shown, fmt, _relative(text), remote=False)
     return InputFile.of(text, fmt)

@@ -129,3 +129,18 @@ def test_a_write_cut_short_leaves_the_old_output_and_is_cleaned_up(tmp_path, run
     data = write_jsonl(tmp_path / "in.jsonl", prompts(2))
     assert run_job(data, tmp_path / "many", "--fresh").exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".many.lock", "in.jsonl", "many"]
+
+
+def test_an_empty_folder_beside_a_job_folder_resumes_from_the_job_folder(tmp_path, run_job, api):
+    """A job stopped before writing into its (empty) OUT folder: the rerun sends nothing."""
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(5))
+    out = tmp_path / "many"
+    assert run_job(data, out, "--keep-job-dir").exit_code == 0
+    for part in out.iterdir():
+        part.unlink()
+    sent = len(api.log)
+    again = run_job(data, out)
+    assert again.exit_code == 0, again.stderr
+    assert "this run sent 0 HTTP requests; 5 results were done by earlier runs" in again.stderr
+    assert len(api.log) == sent
+    assert read_output(out).column("id").to_pylist() == ["p0", "p1", "p2", "p3", "p4"]
