@@ -16,7 +16,14 @@ from batcher.io import output
 from batcher.io.output import read_output, write_output
 from tests.conftest import prompts, write_jsonl
 
-TIMINGS = ["latency_s", "started_at", "finished_at", "_done_at", "ttft_s"]
+TIMINGS = [
+    "latency_s",
+    "started_at",
+    "finished_at",
+    "_done_at",
+    "ttft_s",
+    "created",
+]  # differ per run
 
 
 def rows_of(table: pa.Table) -> list[dict]:
