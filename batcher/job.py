@@ -226,7 +226,7 @@ class Job:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
             learned = job_dir.read_limits(self.identity_url)  # the mock: whatever port
             if spec.engine == "ray":
-                self.engine = self._on_ray(stack, base_url, learned)
+                self.engine = self._on_ray(stack, base_url, learned, budget)
             else:
                 engine = Engine(self.endpoint(base_url), self._settings())
                 requests = spool.todo_requests(job_dir.spool)
@@ -257,7 +257,7 @@ class Job:
                 job_dir if keep else None,
             )
 
-    def _on_ray(self, stack, base_url: str, learned: dict) -> RayRun:
+    def _on_ray(self, stack, base_url: str, learned: dict, budget: Budget | None) -> RayRun:
         """The spool's requests sent by actors on Ray (`batcher.ray`), started or joined."""
         from batcher.ray.engine import ACTORS, RayEngine, connected
 
@@ -266,7 +266,7 @@ class Job:
         settings = engine_settings(self.spec)
         actors = self.spec.actors or ACTORS
         engine = RayEngine(self.endpoint(base_url), settings, actors=actors)
-        return engine.start(self.job_dir.spool, learned=learned)
+        return engine.start(self.job_dir.spool, learned=learned, known=self.cache, budget=budget)
 
     def _settings(self) -> EngineSettings:
         """The engine's settings: the spec's, with no more in flight than open files allow."""

@@ -149,11 +149,6 @@ class JobSpec:
             raise UsageError("--engine ray needs Ray: pip install 'batcher[ray]'")
         if self.actors is not None:
             check_positive("actors", self.actors)
-        for name, flag in (("cache", "--cache"), ("max_cost", "--max-cost")):
-            if getattr(self, name) is not None:
-                raise UsageError(
-                    f"{flag} is not available with --engine ray yet; run it on the local engine"
-                )
 
     def named_body(self) -> dict[str, str]:
         """The body keys the named options set, and the option that sets each."""

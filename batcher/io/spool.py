@@ -14,6 +14,7 @@ its key and fingerprint alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class SpoolWriter:
         ]
         arrays = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA)]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA))
+
+
+@contextlib.contextmanager
+def writer(path: Path) -> Iterator[pa.ipc.RecordBatchFileWriter]:
+    """A spool of spool batches chosen elsewhere (`batcher.ray`: those a cache misses)."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA, options=_OPTIONS) as w:
+        yield w
 
 
 def batches(path: Path) -> Iterator[pa.RecordBatch]:

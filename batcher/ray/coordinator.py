@@ -34,6 +34,7 @@ from batcher.engine.http import Attempt
 from batcher.engine.limits import about_tokens, is_rate_429
 from batcher.engine.rates import stated_limits
 from batcher.errors import AttemptError
+from batcher.ray.budget import BudgetPool
 from batcher.types import describe_learned
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class Coordinator:
     `rpm`/`tpm` hold for the whole endpoint, `model_limits` per model; `learned` (as
     `learned()` gives it) starts each model's finders where an earlier run left them;
     `stop_after_fatal` job-fatal errors in a row, over every actor, stop the job; a pause
-    lasts `max_pause` seconds at most."""
+    lasts `max_pause` seconds at most; `budget` (limit, spent, in pico-dollars) is the job's
+    --max-cost, leased to the actors by `trade`."""
 
     def __init__(
         self,
@@ -133,6 +135,7 @@ class Coordinator:
         stop_after_fatal: int,
         learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
         max_pause: float = 60.0,
+        budget: tuple[int, int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
@@ -149,6 +152,7 @@ class Coordinator:
         self.stop_after_fatal = stop_after_fatal
         self.stop_reason: str | None = None
         self.streak = 0
+        self._budget = BudgetPool(*budget) if budget is not None else None
 
     def lease(self, model: str, want: int, tokens: int, report: Report) -> Lease:
         """Up to `want` permits for requests of `tokens` tokens to `model`, after `report`."""
@@ -174,6 +178,11 @@ class Coordinator:
         """Report without asking for permits; the job's pauses and stop."""
         self._hear(report)
         return Lease((), 0, self._pauses(self._clock()), self.stop_reason)
+
+    def trade(self, actor: str, spent: int, holding: int, need: int, want: int) -> tuple:
+        """The job's budget: `BudgetPool.trade`."""
+        assert self._budget is not None
+        return self._budget.trade(actor, spent, holding, need, want)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:

@@ -21,7 +21,7 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,16 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from batcher.engine.budget import Budget
+from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import EngineSettings
+from batcher.engine.reask import checked
 from batcher.errors import BatcherError, UsageError
 from batcher.io import spool
 from batcher.providers import Endpoint
 from batcher.ray.coordinator import Coordinator
 from batcher.ray.sender import Sender, SenderConfig
+from batcher.structured.validate import Validators
 from batcher.types import Result
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ ACTOR_CPUS = 0.25  # a sender waits on the network: four fit in a CPU
 MAX_READ_TASKS = 20_000  # a huge spool gets bigger blocks rather than more tasks
 MIN_BLOCK = 32  # requests: fewer make each a Ray task of its own for little work
 STATUS_INTERVAL = 0.2  # seconds between the driver's looks at the coordinator
+NOT_CACHED = "requests-not-cached.arrow"  # beside the spool: what the cache does not answer
 
 
 class RayJobError(BatcherError):
@@ -138,7 +143,9 @@ def _stderr_to(path: str) -> Iterator[None]:
         os.close(target)
 
 
-def coordinator(settings: EngineSettings, learned: Mapping | None = None) -> Any:
+def coordinator(
+    settings: EngineSettings, learned: Mapping | None = None, budget: Budget | None = None
+) -> Any:
     """The job's Coordinator actor: on the driver's node, no CPU of its own, one call at a
     time (no locks), restarted should it die (its schedules start again)."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -150,6 +157,7 @@ def coordinator(settings: EngineSettings, learned: Mapping | None = None) -> Any
         settings.stop_after_fatal,
         learned,
         settings.retry.max_wait,
+        (budget.limit, budget.spent) if budget is not None else None,
     )
 
 
@@ -196,15 +204,25 @@ class RayEngine:
         spool_path: Path,
         *,
         learned: Mapping[str, Mapping[str, tuple[float, str]]] | None = None,
+        known: ResponseCache | None = None,
+        budget: Budget | None = None,
     ) -> RayRun:
-        shared = coordinator(self.settings, learned)
-        config = SenderConfig(self.endpoint, actor_settings(self.settings), shared)
-        source = SpoolSource(spool_path, self.settings.concurrency)
-        ds = ray.data.read_datasource(
-            source, num_cpus=ACTOR_CPUS, override_num_blocks=max(1, len(source.slices))
-        )
-        ds = map_senders(ds, config, self.actors, source.block)
-        return RayRun(ds, shared)
+        """A run over the spool's requests still to send: those `known` (the cache) answers
+        on the driver, the others on Ray, within `budget` (--max-cost) over every actor."""
+        shared = coordinator(self.settings, learned, budget)
+        settings = actor_settings(self.settings)
+        config = SenderConfig(self.endpoint, settings, shared, budget=budget)
+
+        def senders(path: Path) -> Any:
+            source = SpoolSource(path, self.settings.concurrency)
+            if not source.slices:
+                return None
+            ds = ray.data.read_datasource(
+                source, num_cpus=ACTOR_CPUS, override_num_blocks=len(source.slices)
+            )
+            return map_senders(ds, config, self.actors, source.block)
+
+        return RayRun(spool_path, senders, shared, known)
 
 
 class SpoolSource(Datasource):
@@ -250,11 +268,19 @@ def read_slice(path: Path, batch: int, offset: int, length: int) -> pa.Table:
 class RayRun:
     """One job's requests on Ray, as `Job` iterates a local run: batches of results."""
 
-    def __init__(self, ds: Any, shared: Any) -> None:
+    def __init__(
+        self,
+        spool_path: Path,
+        senders: Callable[[Path], Any],
+        shared: Any,
+        known: ResponseCache | None = None,
+    ) -> None:
         self.stop_reason: str | None = None
         self.sent = 0  # HTTP attempts of the results received
-        self._ds = ds
+        self._spool = spool_path
+        self._senders = senders  # a spool's requests to send, as a Dataset of results
         self._shared = shared
+        self._known = known
         self._note: str | None = None
         self._learned: dict = {}
         self._batches: AsyncIterator[list[Result]] | None = None
@@ -283,13 +309,53 @@ class RayRun:
             await self._batches.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> AsyncIterator[list[Result]]:
+        path = self._spool if self._known is None else self._spool.with_name(NOT_CACHED)
+        try:
+            if self._known is not None:
+                for results in self._answered(path):
+                    if results:
+                        yield results
+                    await asyncio.sleep(0)  # the progress bar, a Ctrl-C
+                    if self.stop_reason is not None:
+                        return
+            ds = self._senders(path)
+            if ds is not None:
+                async for results in self._send(ds):
+                    yield results
+        finally:
+            if path != self._spool:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):  # Ray itself failed: nothing to say
+                await self._look()
+                ray.kill(self._shared)
+
+    def _answered(self, path: Path) -> Iterator[list[Result]]:
+        """The results the cache has, batch by batch; the requests it has none for go to a
+        spool of their own at `path`, for Ray (a cached reply is checked like a fresh one)."""
+        assert self._known is not None
+        validators = Validators()
+        with spool.writer(path) as sink:
+            for batch in spool.todo_batches(self._spool):
+                results, send = [], []
+                for request in spool.requests_in(batch):
+                    found = self._known.get(request)
+                    if found is not None:
+                        found = checked(found, validators.of(request.payload))
+                    send.append(found is None)
+                    if found is not None:
+                        results.append(found)
+                if any(send):
+                    sink.write_batch(batch.filter(pa.array(send)))
+                yield results
+
+    async def _send(self, ds: Any) -> AsyncIterator[list[Result]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         end = object()
 
         def pump() -> None:  # Ray's iterator blocks: it runs in a thread of its own
             try:
-                for block in self._ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     if self._closed:
                         break
                     for blob in block.column("results").to_pylist():
@@ -314,9 +380,6 @@ class RayRun:
             self._closed = True
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            with contextlib.suppress(Exception):  # Ray itself failed: nothing to say
-                await self._look()
-                ray.kill(self._shared)
 
     async def _watch(self) -> None:
         while True:

@@ -28,12 +28,14 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from batcher.engine.budget import Budget
 from batcher.engine.engine import Engine, EngineRun, EngineSettings
 from batcher.io import spool
 from batcher.io.columns import Layout, to_arrow
 from batcher.io.inputs import RowBatch
 from batcher.io.rows import RequestBuilder, RequestSpec
 from batcher.providers import Endpoint
+from batcher.ray.budget import LeasedBudget
 from batcher.ray.coordinator import ClusterLimits
 from batcher.types import ErrorType, Request, Result, Status
 
@@ -55,6 +57,7 @@ class SenderConfig:
     settings: EngineSettings
     coordinator: Any  # the job's Coordinator actor (it holds the limits learned)
     rows: RowRules | None = None
+    budget: Budget | None = None  # --max-cost: its limit and prices (the coordinator leases it)
 
 
 class Sender:
@@ -70,6 +73,7 @@ class Sender:
         self._ended: str | None = None  # the run ended: why
         self._failure: BaseException | None = None  # the run failed (a bug): this
         self._shared: ClusterLimits | None = None
+        self._budget: LeasedBudget | None = None
         self._consumer: asyncio.Future[None] | None = None
 
     async def __call__(self, block: pa.Table) -> dict[str, Any] | pa.Table:
@@ -126,8 +130,11 @@ class Sender:
             finally:
                 stopped.cancel()
 
+        budget = config.budget
+        if budget is not None:
+            self._budget = LeasedBudget(budget.limit, budget.prices, config.coordinator)
         engine = Engine(config.endpoint, config.settings)
-        self._run = engine.start(requests(), shared=shared)
+        self._run = engine.start(requests(), shared=shared, budget=self._budget)
         self._shared = shared
         self._consumer = asyncio.ensure_future(self._consume())
 
@@ -156,6 +163,8 @@ class Sender:
                 if run.stop_reason is not None:  # this actor saw why: every actor stops
                     await self.config.coordinator.stop.remote(run.stop_reason)
                 await self._shared.close()
+                if self._budget is not None:
+                    await self._budget.close()
             except Exception as exc:  # the job goes on; the coordinator hears it later
                 log.warning("cannot reach the job's coordinator: %s", exc)
 

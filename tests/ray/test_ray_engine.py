@@ -20,6 +20,7 @@ from conftest import write_jsonl
 
 from batcher.io import output
 from batcher.io.jobdir import JobDir
+from tests.cli.test_costs_cli import setup as costs_setup
 
 pytestmark = pytest.mark.ray
 
@@ -180,6 +181,56 @@ def test_a_bad_key_stops_every_actor_after_a_few_requests(cluster, cli, make_api
     errors = table(out).column("error_type").to_pylist()
     assert len(errors) == 100 and errors.count("auth_error") == len(api.log)
     assert errors.count("not_sent") == 100 - len(api.log)
+
+
+def test_max_cost_holds_over_every_actor_and_a_rerun_goes_on(cluster, cli, make_api, tmp_path):
+    """As on one machine (tests/cli/test_costs_cli.py): the job stops within one request's
+    worst case of the budget, however many actors share it, and resumes with a higher one."""
+    api = make_api(latency=0.05)
+    data, prices = costs_setup(tmp_path, n=200)
+    out = tmp_path / "o.parquet"
+    args = ("run", data, "-o", out, "--base-url", api.url, "-m", "priced-a", "--engine", "ray")
+    args += ("--prices", prices, "--max-tokens", "100", "-c", "4", "--actors", "2")
+    one_request = (10 * 2.0 + 100 * 8.0) / 1e6  # the worst case of one request
+    ran = cli(*args, "--max-cost", "0.02")
+    assert ran.exit_code == 1
+    result = table(out).to_pylist()
+    spent = sum(r["cost_usd"] for r in result if r["status"] == "ok")
+    assert 0.02 - one_request <= spent <= 0.02
+    assert (
+        f"stopped early: the next request could pass the budget of $0.0200 (${spent:.4f} spent);"
+        " rerun with a higher --max-cost to go on"
+    ) in ran.stderr.splitlines()
+    unsent = [r for r in result if r["error_type"] == "not_sent"]
+    assert unsent and len(api.log) == 200 - len(unsent)
+    again = cli(*args, "--max-cost", "1")
+    assert again.exit_code == 0, again.stderr
+    assert len(api.log) == 200
+    assert {r["status"] for r in table(out).to_pylist()} == {"ok"}
+
+
+def test_the_cache_answers_on_the_driver_and_ray_sends_the_rest(cluster, cli, make_api, tmp_path):
+    api = make_api()
+    cache = tmp_path / "cache"
+    first = write_jsonl(tmp_path / "first.jsonl", rows(60))
+    assert run_on_ray(cli, first, tmp_path / "first.parquet", api, "--cache", cache).exit_code == 0
+    assert len(api.log) == 60
+    data = write_jsonl(tmp_path / "in.jsonl", rows(100))
+    ran = run_on_ray(cli, data, tmp_path / "out.parquet", api, "--cache", cache)
+    assert ran.exit_code == 0, ran.stderr
+    assert len(api.log) == 100  # the 40 rows the cache has not seen
+    result = table(tmp_path / "out.parquet")
+    assert result.column("cached").to_pylist() == [True] * 60 + [False] * 40
+    reused = {"cached", "attempts", "http_status", "cost_usd"}  # a cache hit: no call, no cost
+    assert result.column("cost_usd").to_pylist()[:60] == [0.0] * 60
+    names = [n for n in result.column_names if n not in TIMINGS | reused]
+    earlier = table(tmp_path / "first.parquet").select(names).to_pylist()
+    assert result.select(names).slice(0, 60).to_pylist() == earlier
+    # all of it cached: nothing goes to Ray, nothing is sent
+    again = run_on_ray(cli, data, tmp_path / "again.parquet", api, "--cache", cache)
+    assert again.exit_code == 0, again.stderr
+    assert len(api.log) == 100
+    assert table(tmp_path / "again.parquet").column("cached").to_pylist() == [True] * 100
 
 
 def test_the_key_stays_out_of_ray_logs_the_job_folder_and_the_output(

@@ -102,16 +102,6 @@ CONFLICTS = {
         ("-m", "m", "--ray-address", "auto"),
         "--ray-address is for --engine ray; add --engine ray or drop it",
     ),
-    "cache_on_ray": (
-        TEXT_ROWS,
-        ("-m", "m", "--engine", "ray", "--cache", "{tmp}/cache"),
-        "--cache is not available with --engine ray yet; run it on the local engine",
-    ),
-    "budget_on_ray": (
-        TEXT_ROWS,
-        ("-m", "m", "--engine", "ray", "--max-cost", "5"),
-        "--max-cost is not available with --engine ray yet; run it on the local engine",
-    ),
 }
 
 
