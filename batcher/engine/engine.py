@@ -84,8 +84,9 @@ class SharedLimits(Protocol):
     async def acquire(self, model: str, charge: int) -> None:
         """Wait for the job's permit to send a request of `charge` tokens to `model`."""
 
-    def heard(self, model: str, attempt: Attempt, charge: int) -> None:
-        """What an attempt of `charge` tokens met (a reply, a 429, limit headers)."""
+    def heard(self, model: str, attempt: Attempt, charge: int, held: tuple[float, str]) -> None:
+        """What an attempt of `charge` tokens met (a reply, a 429, limit headers), and the
+        pause (seconds, why) its headers asked of this run (0: none)."""
 
     def answered(self, error: AttemptError | None) -> None:
         """A request's last error, or None: it worked (for the job's early stop)."""
@@ -370,9 +371,9 @@ class EngineRun:
             attempt = await self._client.post(payload)  # type: ignore[union-attr]
         finally:
             limits.cap.release()
-        limits.learn(model, attempt, charge)
+        held = limits.learn(model, attempt, charge)
         if shared is not None:
-            shared.heard(model, attempt, charge)
+            shared.heard(model, attempt, charge, held)
         health.record(attempt, retry)
         if (usage := attempt.billed) is not None:
             billed.append(usage)

@@ -187,14 +187,16 @@ class Limits:
         for limiter in limiters:
             limiter.settle(charge, 0)
 
-    def learn(self, model: str, attempt: Attempt, charge: int) -> None:
+    def learn(self, model: str, attempt: Attempt, charge: int) -> tuple[float, str]:
         """Feed what a reply said back into the limits: rate-limit headers, the tokens it
         really used, and a 429 (a sign of a rate limit, or a smaller cap when it was about
-        requests in flight)."""
+        requests in flight). Returns the pause its remaining-budget headers asked for (0 and
+        "" for none), and why."""
         error, reply = attempt.error, attempt.reply
         self._seen.add(model)
         limiters = self.of(model)
         own = limiters[-1]
+        wait, why = 0.0, ""
         if attempt.headers is not None:
             wait, why = own.observe(attempt.headers, self.cap.in_flight)
             if wait > 0:
@@ -207,20 +209,21 @@ class Limits:
                 limiter.settle(charge, used)
             own.succeeded(used)
             self.cap.on_success()
-            return
+            return wait, why
         if error is None:
-            return
+            return wait, why
         if error.concurrency:
             self.cap.shrink()
         elif is_rate_429(error):
             for limiter in limiters:
                 limiter.settle(charge, 0)
             if not self.learning:
-                return
+                return wait, why
             tokens = about_tokens(error)
-            wait = min(self._max_pause, 1.0 if error.retry_after is None else error.retry_after)
-            if own.throttled(own.now() - attempt.latency_s, tokens, wait):
-                self.said(wait, f"most requests to {model} got 429s")
+            pause = min(self._max_pause, 1.0 if error.retry_after is None else error.retry_after)
+            if own.throttled(own.now() - attempt.latency_s, tokens, pause):
+                self.said(pause, f"most requests to {model} got 429s")
+        return wait, why
 
     def pause(self, limiter: RateLimiter, seconds: float, why: str) -> None:
         """Pause new requests through `limiter` (at most `max_pause`); say a long pause."""

@@ -61,6 +61,7 @@ class Report:
     replies: list[tuple[str, float, float | None, float, int, bool]] = field(default_factory=list)
     owed: dict[str, int] = field(default_factory=dict)  # model: tokens used beyond the leased
     stated: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    held: dict[str, tuple[float, str]] = field(default_factory=dict)  # model: until, why
     answers: list[bool] = field(default_factory=list)  # job-fatal (True) or worked, in order
     last_fatal: str = ""  # the last job-fatal error, in words
 
@@ -246,6 +247,10 @@ class Coordinator:
         for model, stated in report.stated.items():
             self._stated[model] = stated
         now = self._clock()
+        for model, (until, why) in report.held.items():
+            until = min(until, now + self._max_pause)
+            if until > self._until(model):
+                self._paused[model] = (until, why)
         for model, owed in report.owed.items():
             self._endpoint.owe(owed, now)
             self._rates(model, now).owe(owed, now)
@@ -331,9 +336,11 @@ class ClusterLimits:
                 await self._sleep(at - now)
             return
 
-    def heard(self, model: str, attempt: Attempt, charge: int) -> None:
+    def heard(self, model: str, attempt: Attempt, charge: int, held: tuple[float, str]) -> None:
         report, error = self._report, attempt.error
         now = time.time()
+        if held[0] > 0 and now + held[0] > report.held.get(model, (0.0, ""))[0]:
+            report.held[model] = (now + held[0], held[1])  # a budget spent: every actor waits
         if attempt.headers is not None:
             stated = stated_limits(attempt.headers)
             if stated != (None, None):

@@ -97,6 +97,31 @@ def test_fatal_errors_in_a_row_over_all_actors_stop_the_job():
     assert coordinator.lease("m", 4, 10, _report()).times == ()
 
 
+def test_a_pause_one_actor_heard_of_in_headers_holds_every_actor():
+    """x-ratelimit-remaining-requests: 0 on one actor's reply: the other waits too."""
+    from batcher.engine.http import Attempt
+
+    coordinator = Coordinator(None, None, {}, 20)
+    handle = Handle(coordinator, 0.003)
+
+    async def main() -> float:
+        one, other = ClusterLimits(handle, want=4), ClusterLimits(handle, want=4)
+        await one.acquire("m", 10)
+        await other.acquire("m", 10)
+        one.heard("m", Attempt(0.01, 200, headers={}), 10, (0.4, "remaining-requests is 0"))
+        await one.close()  # its report goes with its next lease or sync
+        started = time.monotonic()
+        await asyncio.sleep(0.3)  # the other's free lease runs out: it asks again
+        await other.acquire("m", 10)
+        return time.monotonic() - started
+
+    waited = asyncio.run(main())
+    assert 0.35 <= waited <= 0.6
+    held = coordinator.lease("m", 1, 10, _report(held={"m": (time.time() + 30, "tokens left 0")}))
+    assert held.times[0] >= time.time() + 29 and set(held.pauses) == {"m"}
+    assert coordinator.note() == "paused 30 s: tokens left 0"
+
+
 def _report(**fields):
     from batcher.ray.coordinator import Report
 
