@@ -131,3 +131,15 @@ def durable_count(job_dir: Path) -> int:
     for part in JobDir.of(job_dir).parts():
         total += pq.read_metadata(part).num_rows
     return total
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A local Ray on 127.0.0.1 (no dashboard), for every Ray test that asks; its address."""
+    import ray
+
+    from batcher.ray.engine import connect
+
+    connect("local")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
+from ray_helpers import run_on_ray
 
 from batcher.io import output
 from batcher.io.jobdir import JobDir
@@ -32,26 +33,8 @@ def rows(n: int) -> list[dict]:
     return [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Ray on 127.0.0.1 (no dashboard) for the module; yields its address."""
-    import ray
-
-    from batcher.ray.engine import connect
-
-    connect("local")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def table(path: Path):
     return pq.read_table(path)
-
-
-def run_on_ray(cli, data: Path, out: Path, api, *args: str, env=None):
-    """`batcher run DATA -o OUT --base-url API -m m --engine ray ARGS...` in this process."""
-    base = ("run", data, "-o", out, "--base-url", api.url, "-m", "m", "--engine", "ray")
-    return cli(*base, *args, env=env)
 
 
 def test_the_ray_engine_writes_what_the_local_engine_writes(
