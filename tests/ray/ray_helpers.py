@@ -1,4 +1,4 @@
-"""What the Ray tests share besides the cluster (tests/ray/conftest.py)."""
+"""What the Ray tests share besides the cluster (the `cluster` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
