@@ -340,7 +340,7 @@ class Job:
         """Run the engine over the spool's requests still to send, flushing durable parts."""
         run = self.engine
         assert run is not None
-        counts = Counts(found.requests - found.done)  # what this run has to do
+        counts = Counts(found.requests - found.done, self.prices)  # what this run has to do
         cache = self.cache
         writer = PartWriter(
             job_dir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batcher.prices import PriceTable, row_cost
 from batcher.types import Result
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
@@ -23,6 +24,7 @@ class Progress:
     note: str | None = (
         None  # "paused 42 s: x-ratelimit-remaining-requests is 0", "~590 rpm from 429s"
     )
+    cost_usd: float | None = None  # of this run's results so far; None: nothing priced
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -33,19 +35,40 @@ class Counts:
     """What this run has finished so far, for progress."""
 
     total: int
+    prices: PriceTable | None = None
     done: int = 0
     ok: int = 0
     prompt: int = 0
     completion: int = 0
+    cost: float | None = None  # None until a result has a known cost
 
     def add(self, batch: list[Result]) -> None:
         self.done += len(batch)
         for result in batch:
+            usage = result.usage
             self.ok += result.ok
-            self.prompt += result.usage.prompt_tokens or 0
-            self.completion += result.usage.completion_tokens or 0
+            self.prompt += usage.prompt_tokens or 0
+            self.completion += usage.completion_tokens or 0
+            if result.cached:
+                continue  # nothing billed again
+            cost = usage.cost_usd
+            if cost is None and self.prices is not None and usage.known:
+                cost = row_cost(
+                    self.prices.get(result.model),
+                    prompt_tokens=usage.prompt_tokens or 0,
+                    completion_tokens=usage.completion_tokens or 0,
+                )
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
 
     def progress(self, note: str | None) -> Progress:
         return Progress(
-            self.done, self.total, self.ok, self.done - self.ok, self.prompt, self.completion, note
+            self.done,
+            self.total,
+            self.ok,
+            self.done - self.ok,
+            self.prompt,
+            self.completion,
+            note,
+            self.cost,
         )
