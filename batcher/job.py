@@ -126,6 +126,7 @@ class Job:
             None  # this run of the engine (or Ray's), once it starts
         )
         self.cache: ResponseCache | None = None
+        self._runs: list[str] = []  # when each run of the job started, this one last
         self.interrupted = False
         self._reading: asyncio.Future[InputFile] | None = None
 
@@ -288,6 +289,8 @@ class Job:
         A bad input changes nothing: a folder made for it is removed again, and --fresh
         drops the earlier results only once the new requests are all built."""
         fresh = self.spec.fresh
+        self._runs = [] if fresh else job_dir.earlier_starts()
+        self._runs.append(iso(time.time()))
         earlier, imported = earlier_results(job_dir) if not fresh else (DoneIndex.empty(), False)
         had_folder = job_dir.exists()
         if fresh:
@@ -314,16 +317,22 @@ class Job:
         info = {
             "version": __version__,
             "pid": os.getpid(),
-            "started": iso(time.time()),
+            "started": self._runs[0],
+            "runs": self._runs,
             "rows": found.rows,
             "requests": found.requests,
             "models": list(found.per_model),
             "per_model": {m: count.requests for m, count in found.per_model.items()},
-            "settings": self.spec.settings(),
+            "settings": self._settings_used(found),
         }
         with saving(job_dir.path / "job.json", "nothing was sent"):
             job_dir.write_info(info)
         return found
+
+    def _settings_used(self, found: InputScan) -> dict:
+        """The spec's settings, `models` the models the requests went to (the provider's
+        default, or those the rows named, when -m was not given)."""
+        return {**self.spec.settings(), "models": list(found.per_model)}
 
     def _budget(self, job_dir: JobDir, found: InputScan) -> Budget:
         """The --max-cost budget, less what earlier runs of this OUT already spent."""
@@ -406,9 +415,10 @@ class Job:
             overall = tally.overall()
             info = {
                 "version": __version__,
-                "settings": spec.settings(),
+                "settings": self._settings_used(found),
                 "base_url": base_url,
-                "started": iso(started),
+                "started": self._runs[0],  # the job's first start; each run's in `runs`
+                "runs": self._runs,
                 "finished": iso(time.time()),
                 "rows": found.rows,
                 "requests": overall.requests,

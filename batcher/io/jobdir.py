@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from batcher.errors import UsageError, os_problem
 from batcher.io.columns import KEY_NAMES, PART_SCHEMA
 from batcher.io.durable import fsync_dir, fsync_file
-from batcher.io.output import check_name, read_output, remove_leftovers
+from batcher.io.output import check_name, metadata, read_output, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,13 @@ class JobDir:
         tmp = self.path / f".{INFO}.tmp"
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, self.path / INFO)
+
+    def earlier_starts(self) -> list[str]:
+        """When the earlier runs of this job started, oldest first: from job.json, else
+        from OUT's metadata (a finished job run again)."""
+        info = self.read_info() or metadata(self.output) or {}
+        runs = info.get("runs") or ([info["started"]] if info.get("started") else [])
+        return [str(r) for r in runs]
 
     def read_info(self) -> dict[str, Any]:
         try:

@@ -91,6 +91,24 @@ def test_metadata_holds_settings_and_counts(cli, tmp_path):
     assert meta["started"] <= meta["finished"]
 
 
+def test_metadata_names_the_model_used_and_every_start_of_the_job(cli, tmp_path):
+    out = tmp_path / "o.parquet"
+    first = cli("run", SAMPLE / "questions.jsonl", "-o", out, "--limit", "5", "-q")
+    assert first.exit_code == 0
+    meta = json.loads(pq.read_metadata(out).metadata[b"batcher"])
+    assert meta["settings"]["models"] == ["mock-1"]  # the provider's default, not []
+    assert meta["runs"] == [meta["started"]]
+    again = cli("run", SAMPLE / "questions.jsonl", "-o", out, "--limit", "8", "-q")
+    assert again.exit_code == 0
+    later = json.loads(pq.read_metadata(out).metadata[b"batcher"])
+    assert later["started"] == meta["started"]  # the job's first start
+    assert len(later["runs"]) == 2 and later["runs"][0] == meta["started"] <= later["runs"][1]
+    fresh = cli("run", SAMPLE / "questions.jsonl", "-o", out, "--fresh", "-q")
+    assert fresh.exit_code == 0
+    anew = json.loads(pq.read_metadata(out).metadata[b"batcher"])
+    assert anew["runs"] == [anew["started"]] and anew["started"] >= later["runs"][1]
+
+
 def test_two_models_in_input_then_model_order(cli, tmp_path):
     out = tmp_path / "o.parquet"
     result = cli(
