@@ -15,6 +15,7 @@ import click
 from batcher import __version__
 from batcher.cli.analysis import cost, estimate, report, status
 from batcher.cli.mock import mock_server
+from batcher.cli.models import models
 from batcher.cli.run import run
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -54,7 +55,7 @@ def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
 
 
-for command in (run, estimate, cost, report, status, mock_server):
+for command in (run, estimate, cost, report, status, models, mock_server):
     main.add_command(command)
 
 

@@ -28,7 +28,7 @@ class CliError(click.ClickException):
     def of(cls, error: BatcherError) -> CliError:
         """The command line's error for one of batcher's."""
         code = EXIT_STORAGE if isinstance(error, StorageError) else EXIT_USAGE
-        return cls(str(error), code)
+        return cls(str(error), getattr(error, "exit_code", code))  # its own, if it has one
 
 
 def parse_param(value: str) -> tuple[str, Any]:
@@ -65,6 +65,19 @@ def job_options(command: Any) -> Any:
         command = option(command)
     return command
 
+
+# Where requests go and how they authenticate: `run`, `estimate` and `models`.
+ENDPOINT_OPTIONS = [
+    click.option(
+        "--provider",
+        type=click.Choice(CHOICES["provider"]),
+        help="Preset [default: mock, or custom with --base-url].",
+    ),
+    click.option("--base-url", help="Any OpenAI-compatible API, e.g. http://localhost:8000/v1."),
+    click.option("--api-key-env", metavar="NAME", help="Environment variable holding the key."),
+    click.option("--api-key-file", type=click.Path(dir_okay=False), help="File holding the key."),
+    click.option("--auth-header", type=click.Choice(CHOICES["auth_header"])),
+]
 
 JOB_OPTIONS = [
     click.argument(
@@ -184,15 +197,7 @@ JOB_OPTIONS = [
         help="skip: record bad rows as errors and send the rest.",
     ),
     click.option("--limit", type=int, help="Only the first N rows."),
-    click.option(
-        "--provider",
-        type=click.Choice(CHOICES["provider"]),
-        help="Preset [default: mock, or custom with --base-url].",
-    ),
-    click.option("--base-url", help="Any OpenAI-compatible API, e.g. http://localhost:8000/v1."),
-    click.option("--api-key-env", metavar="NAME", help="Environment variable holding the key."),
-    click.option("--api-key-file", type=click.Path(dir_okay=False), help="File holding the key."),
-    click.option("--auth-header", type=click.Choice(CHOICES["auth_header"])),
+    *ENDPOINT_OPTIONS,
     click.option(
         "-c",
         "--concurrency",

@@ -17,14 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 from batcher.engine.replies import parse_reply, too_large
 from batcher.engine.stream import StreamReply
-from batcher.errors import AttemptError, FatalError, RetryableError
+from batcher.errors import AttemptError, BatcherError, FatalError, RetryableError
 from batcher.providers import Endpoint
 from batcher.types import UNKNOWN_USAGE, ErrorType, Reply, Usage
 
 LARGE_BODY = 1024 * 1024  # bodies above this go to aiohttp as a stream
+MODELS_MAX_BYTES = 16 * 1024 * 1024  # a model list longer than this is cut (and fails)
 _ENCODING = "Content-Encoding"
 
 
@@ -234,3 +236,39 @@ def fit_open_files(concurrency: int, *, per_request: int = 1, reserve: int = 64)
     if soft == infinity or soft >= need:
         return concurrency
     return max(1, (soft - reserve) // per_request)
+
+
+class ModelsError(BatcherError):
+    """The endpoint did not list its models."""
+
+    exit_code = 1
+
+
+async def list_models(endpoint: Endpoint, timeout: float = 30.0) -> list[dict]:
+    """`GET {base}/models`: the model objects the endpoint lists (`data`), in its order."""
+    url = endpoint.base_url.rstrip("/") + "/models"
+    headers = {k: v for k, v in endpoint.headers().items() if k != "Content-Type"}
+    try:
+        async with new_session(1) as session, session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
+            status, body = resp.status, await resp.content.read(MODELS_MAX_BYTES)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        raise ModelsError(f"GET {url}: {map_exception(exc).message}") from None
+    if endpoint.key:
+        body = body.replace(endpoint.key.encode(), b"***")
+    if status != 200:
+        try:
+            parse_reply(status, {}, body)
+        except AttemptError as exc:
+            raise ModelsError(
+                f"GET {url}: HTTP {status} {exc.error_type} ({exc.message})"
+            ) from None
+    try:
+        found = orjson.loads(body)["data"]
+        if not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in found):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ModelsError(f"GET {url}: not a list of models ({body[:80]!r})") from None
+    return found
