@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from batcher import __version__
-from batcher.cli.analysis import cost, estimate, report, status
+from batcher.cli.analysis import cost, estimate, report, show, status
 from batcher.cli.mock import mock_server
 from batcher.cli.models import models
 from batcher.cli.run import run
@@ -55,7 +55,7 @@ def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
 
 
-for command in (run, estimate, cost, report, status, models, mock_server):
+for command in (run, estimate, cost, report, status, show, models, mock_server):
     main.add_command(command)
 
 

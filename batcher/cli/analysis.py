@@ -224,3 +224,29 @@ def status(path: Path, as_json: bool) -> None:
     else:
         for line in render(found):
             click.echo(line)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-n", "--rows", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows to show at most.")  # fmt: skip
+@click.option("--columns", metavar="A,B", help="Columns to show [default: id, model, status, "
+              "content, error_type, error_message].")  # fmt: skip
+@click.option("--where", metavar="SQL", help="Only rows this SQL condition holds for "
+              "(needs duckdb), e.g. \"status = 'error' and model = 'gpt-5.5'\".")  # fmt: skip
+@click.option("--errors", is_flag=True, help="Only the rows in error.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a row (JSON Lines).")
+def show(
+    path: Path, rows: int, columns: str | None, where: str | None, errors: bool, as_json: bool
+) -> None:
+    """The first rows of PATH (OUT, or its job folder while the job runs), in input order."""
+    from batcher.analysis.show import render_json, render_table
+    from batcher.analysis.show import show as pick
+
+    names = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    try:
+        table = pick(path, rows=rows, columns=names, where=where, errors=errors)
+    except BatcherError as exc:
+        raise CliError.of(exc) from None
+    for line in (render_json if as_json else render_table)(table):
+        click.echo(line)
