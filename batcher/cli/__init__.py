@@ -16,6 +16,7 @@ from batcher import __version__
 from batcher.cli.analysis import cost, estimate, report, show, status
 from batcher.cli.mock import mock_server
 from batcher.cli.models import models
+from batcher.cli.options import env_names
 from batcher.cli.run import run
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -56,6 +57,8 @@ def main() -> None:
 
 
 for command in (run, estimate, cost, report, status, show, models, mock_server):
+    if command.context_settings.get("auto_envvar_prefix"):  # options from the environment
+        env_names(command)
     main.add_command(command)
 
 

@@ -59,6 +59,22 @@ def parse_sweeps(values: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     return tuple(out)
 
 
+def env_names(command: click.Command) -> click.Command:
+    """Each option of `command` also read from BATCHER_ and its long flag, the name users
+    type (`--model`: BATCHER_MODEL, `--job`: BATCHER_JOB), besides click's BATCHER_ and the
+    parameter's name (BATCHER_MODELS). The command line wins over both, and both over a
+    --job file."""
+    for param in command.params:
+        flags = [o for o in param.opts if o.startswith("--")]
+        if not isinstance(param, click.Option) or param.envvar or not flags:
+            continue
+        flag = "BATCHER_" + flags[0][2:].replace("-", "_").upper()
+        named = f"BATCHER_{(param.name or '').upper()}"
+        if flag != named:
+            param.envvar = [flag, named]
+    return command
+
+
 def job_options(command: Any) -> Any:
     """The options shared by `run` and `estimate`: input, request, provider and limits."""
     for option in reversed(JOB_OPTIONS):
