@@ -92,7 +92,13 @@ def test_the_keys_are_the_specs_fields():
     for key in ("dry_run", "fresh", "retry_errors", "model_limits"):
         assert key not in FIELDS
     # every option of the command but the per-invocation ones can be written in a file
-    flags = {p.name for p in run_command.params} - {"dry_run", "quiet", "verbose", "job_file"}
+    flags = {p.name for p in run_command.params} - {
+        "dry_run",
+        "quiet",
+        "verbose",
+        "log_every",
+        "job_file",
+    }
     flags = {{"json_mode": "json"}.get(name, name) for name in flags}
     assert flags - {"fresh", "retry_errors"} <= set(FIELDS)
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batcher.analysis.text import aligned, jsonable, key_text, money
-from batcher.analysis.totals import Totals, group_totals
+from batcher.analysis.totals import Totals, group_totals, model_order
 from batcher.errors import UsageError
 from batcher.io.jobdir import JobDir
 from batcher.prices import UNPRICED_HINT, PriceTable
@@ -118,12 +118,14 @@ def with_costs(table: pa.Table, prices: PriceTable, *, keep_server_cost: bool = 
 
 
 def cost_groups(table: pa.Table, by: Sequence[str] = ("model",)) -> tuple[list[Totals], Totals]:
-    """Per-group totals of an output table (sorted by key, nulls last) and the grand total.
+    """Per-group totals of an output table (models in the run's order, other keys sorted,
+    nulls last) and the grand total.
 
     The costs summed are the table's `cost_usd` column as it is: run `with_costs` first to
     price the rows. A row counts as ok when its status is "ok" and as an error otherwise."""
     _require(table, ("status", "prompt_tokens", "completion_tokens", "total_tokens"))
-    groups = group_totals(table, by) if by else []
+    order = {"model": model_order(table)} if "model" in by else None
+    groups = group_totals(table, by, order=order) if by else []
     (total,) = group_totals(table, ())
     return groups, total
 

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from batcher.analysis.report import Report, report_table, seconds
-from batcher.analysis.text import money
+from batcher.analysis.report import Report, report_table
+from batcher.analysis.text import in_ms, money, seconds
 
 _E = html.escape
 WIDTH = 1040  # chart width in px (the page's content column is 1088 px)
@@ -279,18 +279,20 @@ def _latency_chart(report: Report) -> str:
         values = report.latencies.get(g.label, [])
         stats.append(tuple(np.percentile(values, [5, 25, 50, 75, 95])) if values else None)
     top = max((s[4] for s in stats if s), default=0.0)
-    decimals = _decimals(_nice(top)[1])
+    # the axis in milliseconds when every p95 is shown in them (`seconds`: under 10 ms)
+    scale, unit, units = (1000.0, "ms", "milliseconds") if in_ms(top) else (1.0, "s", "seconds")
+    decimals = _decimals(_nice(top * scale)[1])
     chart = _Chart(
         ident="latency",
         title="Latency distribution per group",
         desc=(
-            "Box plots of the latency in seconds of each group's ok requests: box from the "
+            f"Box plots of the latency in {units} of each group's ok requests: box from the "
             "25th to the 75th percentile, line at the median, whiskers to the 5th and 95th."
         ),
         labels=[g.label for g in groups],
         by=report.by,
-        top=top,
-        x_label="latency (s) · box: 25th–75th percentile, line: median, whiskers: 5th–95th",
+        top=top * scale,
+        x_label=f"latency ({unit}) · box: 25th–75th percentile, line: median, whiskers: 5th–95th",
         tick=lambda v: f"{v:.{decimals}f}",
         right=190,
     )
@@ -298,11 +300,11 @@ def _latency_chart(report: Report) -> str:
         if s is None:
             chart.text_end(i, 0, "no latencies")
             continue
-        p5, p25, p50, p75, p95 = (chart.x(v) for v in s)
+        p5, p25, p50, p75, p95 = (chart.x(v * scale) for v in s)
         y = chart.y(i)
         chart.add(
-            f"<g><title>{_E(g.label)}: p50 {seconds(g.latency_p50)} s, "
-            f"p95 {seconds(g.latency_p95)} s</title>"
+            f"<g><title>{_E(g.label)}: p50 {seconds(g.latency_p50)}, "
+            f"p95 {seconds(g.latency_p95)}</title>"
             f'<path d="M{p5:.1f} {y:.1f}H{p25:.1f}M{p75:.1f} {y:.1f}H{p95:.1f}'
             f'M{p5:.1f} {y - 5:.1f}V{y + 5:.1f}M{p95:.1f} {y - 5:.1f}V{y + 5:.1f}" '
             'stroke="#1f2328" stroke-width="1.5" fill="none"/>'
@@ -311,8 +313,8 @@ def _latency_chart(report: Report) -> str:
             f'<path d="M{p50:.1f} {y - BAR / 2:.1f}V{y + BAR / 2:.1f}" stroke="#1f2328" '
             'stroke-width="2.5"/></g>'
         )
-        text = f"p50 {seconds(g.latency_p50)} s · p95 {seconds(g.latency_p95)} s"
-        chart.text_end(i, s[4], text)
+        text = f"p50 {seconds(g.latency_p50)} · p95 {seconds(g.latency_p95)}"
+        chart.text_end(i, s[4] * scale, text)
     return chart.render()
 
 
@@ -357,7 +359,7 @@ def _tiles(report: Report) -> str:
         ("requests", f"{t.requests:,}", ""),
         ("errors", f"{t.errors:,}", share),
         ("cost", money(t.cost_usd), ""),
-        ("latency p50 / p95", f"{seconds(t.latency_p50)} / {seconds(t.latency_p95)} s", ""),
+        ("latency p50 / p95", f"{seconds(t.latency_p50)} / {seconds(t.latency_p95)}", ""),
     ]
     if report.reference is not None:
         acc = "-" if t.accuracy is None else f"{t.accuracy * 100:.1f}%"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from batcher.analysis.text import aligned, jsonable, key_text, money
-from batcher.analysis.totals import Totals, group_label, group_totals
+from batcher.analysis.text import aligned, jsonable, key_text, money, seconds
+from batcher.analysis.totals import Totals, group_label, group_totals, model_order
 from batcher.errors import UsageError
 
 __all__ = ["LATENCY_SAMPLE", "Report", "build_report", "group_label", "render_report"]
@@ -47,7 +47,7 @@ def report_dict(g: Totals) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Report:
-    """The report of one output table: its groups (sorted by key, nulls last) and the total."""
+    """The report of one output table: its groups (in `build_report`'s order) and the total."""
 
     source: str
     by: tuple[str, ...]
@@ -125,23 +125,26 @@ def build_report(
     strings stripped of surrounding whitespace and lower-cased; a row not ok counts as wrong.
     `answer` defaults to the reference's name without "expected_" when the table has such a
     column (a typed structured-output column), else `content`. Latency percentiles are over
-    ok rows, not cached, with a latency, linearly interpolated (numpy's default)."""
+    ok rows, not cached, with a latency, linearly interpolated (numpy's default).
+
+    Groups are in the run's model order: models in the order -m gave them (the job metadata
+    in OUT's footer), then any other model in order of first appearance (the only order a
+    plain Parquet file has; OUT's rows are in input order, then model order). Every other
+    key column sorts by value, nulls last (stable, and the same for OUT and its job folder,
+    whose rows are in completion order), with the columns' priority as in `by`."""
     by = default_by(table) if by is None else tuple(dict.fromkeys(by))
     for name in by:
         if name not in table.column_names:
             raise UsageError(f"--by: no column {name!r} (columns: {_columns_text(table)})")
     answer = _resolve_answer(table, reference, answer)
-    groups = group_totals(table, by, reference=reference, answer=answer) if by else []
+    order = {"model": model_order(table)} if "model" in by else None
+    groups = group_totals(table, by, reference=reference, answer=answer, order=order) if by else []
     (total,) = group_totals(table, (), reference=reference, answer=answer)
     samples = {g.label: g.latencies.sample(LATENCY_SAMPLE) for g in groups or [total]}
     return Report(source, by, reference, answer if reference else None, groups, total, samples)
 
 
 # --- Text -------------------------------------------------------------------------------------
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def accuracy_text(g: Totals, number: Callable[[int], str] = str) -> str:
@@ -153,7 +156,7 @@ def report_table(
 ) -> tuple[list[str], list[list[str]]]:
     """The header and the rows (the groups, then the total) shared by text and HTML."""
     labels = list(report.by) or [""]
-    header = [*labels, "ok", "errors", "tokens in", "tokens out", "cost", "p50 s", "p95 s"]
+    header = [*labels, "ok", "errors", "tokens in", "tokens out", "cost", "p50", "p95"]
     scoring = report.reference is not None
     if scoring:
         header.append("accuracy")

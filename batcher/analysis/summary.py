@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from batcher.analysis.text import seconds
 from batcher.analysis.totals import Totals, group_totals
 from batcher.prices import UNPRICED_HINT
 from batcher.types import describe_limit
@@ -123,7 +124,7 @@ def render(summary: JobSummary) -> list[str]:
         )
     if summary.latency_p50 is not None:
         lines.append(
-            f"latency: p50 {summary.latency_p50:.3f}s, p95 {summary.latency_p95:.3f}s; "
+            f"latency: p50 {seconds(summary.latency_p50)}, p95 {seconds(summary.latency_p95)}; "
             f"wall time {summary.wall_s:.1f}s"
         )
     else:

@@ -1,4 +1,5 @@
-"""The wording shared by the text tables of `cost`, `report`, `status` and `estimate`."""
+"""The wording shared by the text tables of `cost`, `report`, `status` and `estimate`, the
+HTML report and the end-of-job summary: costs, latencies, group keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from typing import Any
 def money(cost: float | None) -> str:
     """A cost as shown: "$1.2345", or "-" when it is unknown."""
     return "-" if cost is None else f"${cost:.4f}"
+
+
+MS_BELOW = 0.01  # latencies shorter than this (10 ms) are shown in milliseconds
+
+
+def in_ms(value: float) -> bool:
+    """Whether `seconds` shows a latency in milliseconds: under 10 ms once rounded to
+    0.1 ms (0.00996 s would read "10.0 ms"; it is "0.01 s")."""
+    return round(value * 1000, 1) < MS_BELOW * 1000
+
+
+def seconds(value: float | None) -> str:
+    """A latency (in seconds) as shown to people: "4.2 ms" under 10 ms, else "1.25 s" (two
+    decimals); "-" when it is unknown. JSON keeps the raw seconds."""
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if in_ms(value) else f"{value:.2f} s"
 
 
 def key_text(value: Any) -> str:

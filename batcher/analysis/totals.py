@@ -11,9 +11,10 @@ Costs are the table's `cost_usd` as it is: price the rows first (`analysis.cost.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 
 from batcher.analysis.text import key_text
 from batcher.errors import UsageError
+from batcher.io.output import KEY as METADATA_KEY
 
 UNKNOWN_ERROR = "unknown"  # error_type of an error row that has none
 _TMP = "__totals_"  # prefix of the working columns
@@ -163,9 +165,14 @@ def group_totals(
     reference: str | None = None,
     answer: str | None = None,
     sort: bool = True,
+    order: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[Totals]:
     """The totals of each group of `by` values (sorted by key, nulls last; else in order of
     first appearance). `by=()` gives one group, the whole table, also when it is empty.
+
+    `order` sorts the named key columns by another order than their values': a column's
+    values in the order listed, then the values not listed in order of first appearance
+    (`{"model": []}` is first appearance alone). The key columns keep their priority in `by`.
 
     With `reference`, a row with a non-empty reference is scored: correct when it is ok and
     its `answer` column equals the reference, compared as strings stripped of surrounding
@@ -199,7 +206,12 @@ def group_totals(
     try:
         agg = data.group_by(names, use_threads=False).aggregate(aggregations)
         if sort:
-            agg = agg.take(pc.sort_indices(agg, sort_keys=[(k, "ascending") for k in names]))
+            ranked = [k for k in names if order and k in order]
+            for k in ranked:
+                agg = agg.append_column(_TMP + "rank_" + k, _ranks(agg[k], order[k]))
+            keys = [(_TMP + "rank_" + k if k in ranked else k, "ascending") for k in names]
+            agg = agg.take(pc.sort_indices(agg, sort_keys=keys))
+            agg = agg.drop_columns([_TMP + "rank_" + k for k in ranked])
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         kinds = ", ".join(f"{k} ({table.schema.field(k).type})" for k in names)
         raise UsageError(f"--by: cannot group by {kinds}") from exc
@@ -237,6 +249,31 @@ def group_totals(
             )
         )
     return out
+
+
+def _ranks(column: pa.ChunkedArray, listed: Sequence[Any]) -> pa.ChunkedArray:
+    """Each value's place: its index in `listed`, else after them all in order of the
+    value's first appearance (the row order of an aggregation without threads)."""
+    later = pc.add(pc.index_in(column, value_set=pc.unique(column)).cast(pa.int64()), len(listed))
+    try:
+        found = pc.index_in(column, value_set=pa.array(list(listed), column.type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+        return later  # the listed values are not of the column's type: none is listed
+    return pc.coalesce(found.cast(pa.int64()), later)
+
+
+def model_order(table: pa.Table) -> list[str]:
+    """The run's models in the order -m gave them, from the job metadata a batcher OUT
+    carries in its footer (its `settings`' `models`; a top-level `models` list, as the job
+    folder's job.json has, first); [] for a table without it (a plain Parquet file, a
+    running job's parts) or when -m named none."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    try:
+        meta = json.loads(raw) if raw else {}
+        models = meta.get("models") or (meta.get("settings") or {}).get("models") or []
+    except (ValueError, AttributeError):
+        return []
+    return [m for m in models if isinstance(m, str)] if isinstance(models, list) else []
 
 
 def _most_first(counts: dict[str, int]) -> Counter[str]:

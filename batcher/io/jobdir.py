@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from batcher.errors import UsageError, os_problem
 from batcher.io.columns import KEY_NAMES, PART_SCHEMA
 from batcher.io.durable import fsync_dir, fsync_file
-from batcher.io.output import check_name, metadata, read_output, remove_leftovers
+from batcher.io.output import KEY, check_name, metadata, read_output, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +295,9 @@ def read_results(path: Path) -> pa.Table:
     """The result rows of OUT, or of its job folder while the job runs or after it stopped
     (the newest result per key)."""
     job_dir = JobDir.of(path)
-    if job_dir.exists():
-        return job_dir.results()
+    if job_dir.exists():  # its models in the job's order, as OUT's metadata has them
+        models = job_dir.read_info().get("models") or []
+        return job_dir.results().replace_schema_metadata({KEY: json.dumps({"models": models})})
     path = Path(path)
     if path.exists():
         return read_output(path)

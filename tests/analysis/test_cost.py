@@ -422,9 +422,14 @@ def test_priced_then_grouped():
     table = output_table([case for case, _ in CASES])
     table = table.append_column("total_tokens", pa.array([0] * len(CASES), pa.int64()))
     groups, total = cost_groups(with_costs(table, PRICES))
-    assert [g.key["model"] for g in groups] == ["cheap", "gpt-4o", "mystery", "openai/gpt-4o", None]
-    assert [g.unpriced for g in groups] == [0, 1, 1, 0, 0]  # gpt-4o's: usage unknown
-    assert [g.unknown_usage for g in groups] == [0, 1, 0, 0, 0]
+    # no job metadata: models in order of first appearance (OUT's order: the run's)
+    seen = list(dict.fromkeys(table.column("model").to_pylist()))
+    assert [g.key["model"] for g in groups] == seen
+    assert sorted(seen, key=str) == [None, "cheap", "gpt-4o", "mystery", "openai/gpt-4o"]
+    found = {g.key["model"]: (g.unpriced, g.unknown_usage) for g in groups}
+    assert found == {  # gpt-4o's unpriced one: usage unknown
+        "cheap": (0, 0), "gpt-4o": (1, 1), "mystery": (1, 0), "openai/gpt-4o": (0, 0), None: (0, 0)
+    }  # fmt: skip
     assert total.unpriced_models == {"mystery"}  # not gpt-4o: it has a price
 
 

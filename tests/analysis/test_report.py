@@ -20,6 +20,8 @@ from batcher.analysis.report import (
     render_report,
     report_dict,
 )
+from batcher.analysis.text import in_ms, seconds
+from batcher.analysis.totals import model_order
 from batcher.errors import UsageError
 
 WHEN = datetime(2025, 3, 4, 5, 6, tzinfo=timezone.utc)
@@ -141,6 +143,69 @@ def test_explicit_by_and_latency_samples():
     assert [g.label for g in r.groups] == ["m1", "m2"]
     assert r.latencies == {"m1": [1.0, 2.0, 3.0, 5.0], "m2": [0.25, 0.75]}
     assert r.groups[0].cost_usd == 0.875
+
+
+def with_meta(table: pa.Table, meta) -> pa.Table:
+    """`table` with job metadata as a batcher OUT's footer holds it (key `batcher`)."""
+    raw = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+    return table.replace_schema_metadata({b"batcher": raw})
+
+
+def labels(table: pa.Table, by=None) -> list[str]:
+    return [g.label for g in build_report(table, source="x", by=by).groups]
+
+
+def test_groups_follow_the_model_order_of_the_run():
+    table = with_meta(make_table(), {"settings": {"models": ["m2", "m1"]}})
+    assert model_order(table) == ["m2", "m1"]
+    assert labels(table) == ["m2, temperature=0.0", "m1, temperature=0.0", "m1, temperature=0.7"]
+    assert labels(table, ["model"]) == ["m2", "m1"]
+    # model keeps its place among the key columns; other columns sort by value
+    assert labels(table, ["param_temperature", "model"]) == [
+        "temperature=0.0, m2",
+        "temperature=0.0, m1",
+        "temperature=0.7, m1",
+    ]
+    # JSON and HTML list the groups in the same order
+    r = build_report(table, source="x", by=["model"])
+    assert [g["label"] for g in r.to_dict()["groups"]] == ["m2", "m1"]
+    page = render_html(r, generated=WHEN)
+    assert page.index("<td>m2</td>") < page.index("<td>m1</td>")
+    # a dictionary-encoded model column (as Parquet often reads) is ordered the same
+    coded = table.set_column(1, "model", table["model"].dictionary_encode())
+    assert labels(coded, ["model"]) == ["m2", "m1"]
+
+
+def test_models_the_metadata_does_not_list_follow_by_first_appearance():
+    m3 = [("9", "m3", *r[2:]) for r in ROWS[:2]]
+    table = make_table([*m3, *ROWS])  # m3 first, m1, then m2
+    assert labels(with_meta(table, {"settings": {"models": ["m2", "gone"]}}), ["model"]) == [
+        "m2",
+        "m3",
+        "m1",
+    ]
+    # job.json's form, a top-level list of models, is read too
+    assert model_order(with_meta(table, {"models": ["m1", "m2"], "settings": {}})) == ["m1", "m2"]
+
+
+def test_without_metadata_groups_keep_the_first_appearance_order():
+    rows = [r for r in ROWS if r[1] == "m2"] + [r for r in ROWS if r[1] == "m1"]
+    assert labels(make_table(rows), ["model"]) == ["m2", "m1"]  # not alphabetical
+    for meta in (b"not json", {"settings": None}, {"models": "m1"}, {"settings": {"models": []}}):
+        table = with_meta(make_table(rows), meta)
+        assert model_order(table) == []
+        assert labels(table, ["model"]) == ["m2", "m1"]
+
+
+def test_other_key_columns_sort_by_value_whatever_comes_first():
+    error, ok = ROWS[3], ROWS[0]
+    assert labels(make_table([ok, error]), ["status"]) == ["error", "ok"]
+    assert labels(make_table([error, ok]), ["status"]) == ["error", "ok"]
+    hot_first = [ROWS[5], ROWS[0]]  # temperature 0.7 met first
+    assert labels(make_table(hot_first), ["param_temperature"]) == [
+        "0.0",
+        "0.7",
+    ]
 
 
 def test_by_nothing_gives_the_total_alone():
@@ -280,15 +345,15 @@ def test_to_dict_is_json_ready():
 
 def test_render_report_lines():
     assert render_report(report()) == [
-        "model  param_temperature  ok  errors  tokens in  tokens out     cost  p50 s  p95 s"
+        "model  param_temperature  ok  errors  tokens in  tokens out     cost     p50     p95"
         "    accuracy",
-        "m1     0.0                 4       1         67          18  $0.7500   2.00   2.90"
+        "m1     0.0                 4       1         67          18  $0.7500  2.00 s  2.90 s"
         "  50.0% of 4",
-        "m1     0.7                 1       2         10           2  $0.1250   5.00   5.00"
+        "m1     0.7                 1       2         10           2  $0.1250  5.00 s  5.00 s"
         "  33.3% of 3",
-        "m2     0.0                 2       0         10           2        -   0.50   0.72"
+        "m2     0.0                 2       0         10           2        -  0.50 s  0.72 s"
         "   0.0% of 1",
-        "total                      7       3         87          22  $0.8750   1.50   4.50"
+        "total                      7       3         87          22  $0.8750  1.50 s  4.50 s"
         "  37.5% of 8",
         "errors by type: rate_limited 1, timeout 1, unknown 1",
         "accuracy: sentiment vs expected_sentiment (stripped, case-insensitive; rows without a "
@@ -300,11 +365,37 @@ def test_render_report_without_reference_or_errors():
     rows = [r for r in ROWS if r[3] == "ok"]
     lines = render_report(build_report(make_table(rows), source="x", by=["model"]))
     assert lines == [
-        "model  ok  errors  tokens in  tokens out     cost  p50 s  p95 s",
-        "m1      5       0         77          20  $0.8750   2.50   4.70",
-        "m2      2       0         10           2        -   0.50   0.72",
-        "total   7       0         87          22  $0.8750   1.50   4.50",
+        "model  ok  errors  tokens in  tokens out     cost     p50     p95",
+        "m1      5       0         77          20  $0.8750  2.50 s  4.70 s",
+        "m2      2       0         10           2        -  0.50 s  0.72 s",
+        "total   7       0         87          22  $0.8750  1.50 s  4.50 s",
     ]
+
+
+def test_seconds_shows_latencies_under_10_ms_in_ms():
+    assert seconds(0.0042) == "4.2 ms"
+    assert seconds(0.0099) == "9.9 ms"
+    assert seconds(0.00994) == "9.9 ms"
+    assert seconds(0.00996) == "0.01 s"  # would round to "10.0 ms": 10 ms and more are seconds
+    assert seconds(0.01) == "0.01 s"
+    assert seconds(0.0149) == "0.01 s"
+    assert seconds(2.9) == "2.90 s"
+    assert seconds(0.0) == "0.0 ms"
+    assert seconds(0.00004) == "0.0 ms"
+    assert seconds(None) == "-"
+    assert (in_ms(0.0099), in_ms(0.00996), in_ms(0.01)) == (True, False, False)
+
+
+def test_render_report_shows_fast_latencies_in_ms():
+    rows = [(*r[:8], lat, *r[9:]) for r, lat in zip(ROWS, [0.0042, 0.0099, 0.03, 0.5])]
+    r = build_report(make_table(rows[:3]), source="x", by=["model"])
+    assert render_report(r)[:2] == [
+        "model  ok  errors  tokens in  tokens out     cost     p50     p95",
+        "m1      3       0         60          15  $0.7500  9.9 ms  0.03 s",
+    ]
+    assert r.to_dict()["groups"][0]["latency_p50"] == 0.0099  # JSON keeps raw seconds
+    one = build_report(make_table(rows[:1]), source="x", by=[])
+    assert render_report(one)[-1].split()[-4:] == ["4.2", "ms", "4.2", "ms"]
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -420,3 +511,20 @@ def test_html_of_the_total_alone():
     checker = parse(page)
     assert count(checker, "svg") == 4
     assert ">total<" in page
+
+
+def test_html_shows_latencies_under_10_ms_in_ms():
+    rows = [(*r[:8], lat, *r[9:]) for r, lat in zip(ROWS[:3], [0.002, 0.0042, 0.008])]
+    page = render_html(build_report(make_table(rows), source="x", by=["model"]), generated=WHEN)
+    parse(page)
+    assert "<span>latency p50 / p95</span><b>4.2 ms / 7.6 ms</b>" in page
+    assert '<td class="n">4.2 ms</td><td class="n">7.6 ms</td>' in page
+    assert "<title>m1: p50 4.2 ms, p95 7.6 ms</title>" in page
+    assert ">p50 4.2 ms · p95 7.6 ms</text>" in page
+    assert "latency (ms)" in page and "latency (s)" not in page
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]*)</text>', page)
+    assert ticks[-5:] == ["0", "2", "4", "6", "8"]  # the latency axis, in ms
+    # 10 ms and more: the axis and the figures in seconds
+    rows = [(*r[:8], lat, *r[9:]) for r, lat in zip(ROWS[:3], [0.002, 0.0042, 0.5])]
+    page = render_html(build_report(make_table(rows), source="x", by=["model"]), generated=WHEN)
+    assert "<b>4.2 ms / 0.45 s</b>" in page and "latency (s)" in page
