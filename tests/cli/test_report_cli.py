@@ -161,6 +161,5 @@ def test_a_running_job_and_cost_list_models_as_given_too(cli, run_job, tmp_path)
     for command in ("report", "cost"):
         shown = cli(command, out)
         assert shown.exit_code == 0, shown.stderr
-        assert [line.split()[0] for line in shown.stdout.splitlines()[1:]] == [
-            "zeta", "alpha", "total"
-        ], command  # fmt: skip
+        groups = [line.split()[0] for line in shown.stdout.splitlines()[1:4]]
+        assert groups == ["zeta", "alpha", "total"], command
