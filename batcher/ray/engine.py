@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pickle
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -55,6 +56,7 @@ CALLS_PER_ACTOR = 8
 ACTOR_CPUS = 0.25  # a sender waits on the network: four fit in a CPU
 MAX_READ_TASKS = 20_000  # a huge spool gets bigger blocks rather than more tasks
 MIN_BLOCK = 32  # requests: fewer make each a Ray task of its own for little work
+CONNECT_SECONDS = 10.0  # for a cluster's address to answer at all
 STATUS_INTERVAL = 0.2  # seconds between the driver's looks at the coordinator
 NOT_CACHED = "requests-not-cached.arrow"  # beside the spool: what the cache does not answer
 
@@ -91,6 +93,7 @@ def connect(address: str | None) -> None:
     # set the level is said while ray.init starts, with stderr pointed elsewhere).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     on_loopback = address == LOCAL or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    _reachable(address)
     try:
         with _stderr_to(os.devnull), _loopback(on_loopback):
             ray.init(address=address, **options)
@@ -102,6 +105,27 @@ def connect(address: str | None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own bar says it
     context.print_on_execution_start = False
+
+
+def _reachable(address: str) -> None:
+    """A cluster's address (HOST:PORT, ray://HOST:PORT, or the one `auto` finds) that
+    nothing answers on is said in a line at once: Ray itself retries for minutes, silent."""
+    given = address
+    if address == "auto":  # as ray.init finds it: $RAY_ADDRESS, the last `ray start`, ...
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            address = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError as exc:
+            raise UsageError(f"--ray-address auto: {_first_line(exc)}") from None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "local": started here
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"--ray-address {given}: no Ray at {address} ({why})") from None
 
 
 @contextlib.contextmanager
