@@ -21,6 +21,7 @@ from batcher.analysis.summary import JobSummary
 from batcher.errors import UsageError
 from batcher.job import Job, ProgressCallback
 from batcher.jobfile import load_job_file, merge
+from batcher.progress import ProgressBar
 from batcher.spec import JobSpec, make_spec, unknown_message
 
 PathLike = str | os.PathLike[str]
@@ -31,12 +32,20 @@ async def arun(
     output: PathLike | None = None,
     *,
     job: PathLike | None = None,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | bool | None = None,
     **options: Any,
 ) -> JobSummary:
-    """Run a job on the current event loop (use this in notebooks and async code)."""
+    """Run a job on the current event loop (use this in notebooks and async code).
+    `progress`: a callback given a `Progress` a few times a second, or True for a bar (a
+    notebook's widget in Jupyter, else text on stderr)."""
     spec = job_spec(input, output, job, options)
-    return await Job(spec, progress=progress).run()
+    if progress is not True:
+        return await Job(spec, progress=progress or None).run()
+    bar = ProgressBar(notebook=True)
+    try:
+        return await Job(spec, progress=bar.update).run()
+    finally:
+        bar.close()
 
 
 def run(
@@ -44,10 +53,10 @@ def run(
     output: PathLike | None = None,
     *,
     job: PathLike | None = None,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | bool | None = None,
     **options: Any,
 ) -> JobSummary:
-    """Run a job to the end and return its summary.
+    """Run a job to the end and return its summary (`progress` as for `arun`).
 
     Inside a running event loop (a notebook) the job runs on a loop of its own in a
     worker thread, so this call works everywhere."""

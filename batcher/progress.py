@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,3 +73,29 @@ class Counts:
             note,
             self.cost,
         )
+
+
+class ProgressBar:
+    """A tqdm bar fed with `Progress` values: on stderr, or, with `notebook`, tqdm's
+    notebook widget where there is one (tqdm.auto: Jupyter with ipywidgets), else text."""
+
+    def __init__(self, notebook: bool = False) -> None:
+        if notebook:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
+
+        self._bar = tqdm(total=None, unit="req", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, p: Progress) -> None:
+        self._bar.total = p.total
+        self._bar.n = p.done
+        tokens = p.prompt_tokens + p.completion_tokens
+        extra: dict[str, str] = {"cost": f"${p.cost_usd:.4f}"} if p.cost_usd is not None else {}
+        if p.note:
+            extra["note"] = p.note
+        self._bar.set_postfix(ok=p.ok, err=p.errors, tok=tokens, **extra, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()

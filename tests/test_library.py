@@ -28,6 +28,34 @@ def test_run_returns_a_summary(tmp_path):
     assert pq.read_table(summary.output).num_rows == 10
 
 
+def test_progress_true_is_tqdm_autos_bar_a_notebooks_widget_in_jupyter(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:  # what tqdm.auto gives: the notebook widget in Jupyter, else the text bar
+        def __init__(self, **options):
+            self.options, self.n, self.total, self.postfix, self.closed = options, 0, None, {}, 0
+            bars.append(self)
+
+        def set_postfix(self, refresh=False, **values):
+            self.postfix = values
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    summary = batcher.run(SAMPLE / "questions.jsonl", tmp_path / "q.parquet", limit=5,
+                          progress=True)  # fmt: skip
+    assert summary.ok == 5
+    [bar] = bars
+    assert (bar.n, bar.total, bar.closed, bar.options["unit"]) == (5, 5, 1, "req")
+    assert (bar.postfix["ok"], bar.postfix["err"]) == (5, 0)
+
+
 def test_run_inside_a_running_loop_and_arun(tmp_path):
     async def notebook_cell():
         inner = batcher.run(SAMPLE / "questions.jsonl", tmp_path / "a.parquet", limit=3)

@@ -20,6 +20,7 @@ import click
 
 from batcher.cli.options import EXIT_STORAGE, CliError, job_options, spec_options
 from batcher.errors import BatcherError
+from batcher.progress import ProgressBar
 
 GRACE_SECONDS = 5.0  # after Ctrl-C, how long requests in flight may finish
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -158,28 +159,6 @@ async def run_with_signals(job: Any, received: list[signal.Signals]) -> Any:
     finally:
         for sig in EXIT_SIGNAL:
             loop.remove_signal_handler(sig)
-
-
-class ProgressBar:
-    """A tqdm bar on stderr fed with `Progress` values."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=None, unit="req", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, p: Any) -> None:
-        self._bar.total = p.total
-        self._bar.n = p.done
-        tokens = p.prompt_tokens + p.completion_tokens
-        extra: dict[str, str] = {"cost": f"${p.cost_usd:.4f}"} if p.cost_usd is not None else {}
-        if p.note:
-            extra["note"] = p.note
-        self._bar.set_postfix(ok=p.ok, err=p.errors, tok=tokens, **extra, refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 class ProgressLines:
