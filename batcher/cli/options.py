@@ -106,7 +106,8 @@ JOB_OPTIONS = [
         "-o",
         "--output",
         type=click.Path(path_type=Path),
-        help="OUT: NAME.parquet (one Parquet file) or NAME (a Parquet dataset folder).",
+        help="OUT: NAME.parquet (one Parquet file), NAME (a Parquet dataset folder), "
+        "NAME.jsonl or NAME.csv.",
     ),
     click.option(
         "--job",

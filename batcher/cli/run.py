@@ -46,7 +46,8 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
-    """Send every row of INPUT (.jsonl, .parquet or .csv) to the API; write OUT.parquet."""
+    """Send every row of INPUT (.jsonl, .parquet or .csv) to the API; write OUT (Parquet,
+    a Parquet dataset folder, JSON Lines or CSV, as its name says)."""
     setup_logging(opts.pop("verbose"))
     quiet = opts.pop("quiet")
     log_every = opts.pop("log_every")

@@ -9,8 +9,9 @@ out/run/                         a Parquet dataset (a name without a suffix, or 
 
 Both forms have the same columns and the same `batcher` metadata (in the footer of the
 file, or of the dataset's last file); pandas, pyarrow, polars and duckdb read the folder.
+A name ending .jsonl, .ndjson or .csv is the same rows as text (`batcher.io.textout`).
 Each is written under a hidden temporary name and renamed into place, so OUT is the old
-output or the new one, never a mix. `cost`, `report`, `status` and resume read both.
+output or the new one, never a mix. `cost`, `report`, `status` and resume read every form.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batcher.errors import UsageError, os_problem
+from batcher.io import textout
 from batcher.io.durable import fsync_dir, fsync_file
 
 FILE_SUFFIXES = (".parquet", ".pq")
@@ -58,10 +60,10 @@ def check_name(path: Path) -> None:
                 "name without a suffix is written as a Parquet dataset)"
             )
         return
-    if path.suffix.lower() not in ("", *FILE_SUFFIXES):
+    if path.suffix.lower() not in ("", *FILE_SUFFIXES, *textout.FORMATS):
         raise UsageError(
-            f"{path}: batcher writes Parquet; name the output .parquet (a file) or give a "
-            f"name without a suffix (a dataset folder), not {path.suffix}"
+            f"{path}: name the output .parquet (a file), a name without a suffix (a Parquet "
+            f"dataset folder), .jsonl or .csv; not {path.suffix}"
         )
 
 
@@ -73,10 +75,15 @@ def write_output(
 ) -> int:
     """Write the tables to OUT atomically; `metadata()` is asked for last. Return rows."""
     path = Path(path)
-    write = _write_dataset if is_dataset(path) else _write_file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fmt = textout.text_format(path)
     try:
-        rows = write(tmp, schema, tables, metadata)
+        if fmt is not None:
+            rows, described = textout.write_text(tmp, fmt, schema, tables, metadata)
+            textout.put_sidecar(path, described)
+        else:
+            write = _write_dataset if is_dataset(path) else _write_file
+            rows = write(tmp, schema, tables, metadata)
         _replace(tmp, path)
     finally:
         _remove(tmp)
@@ -165,7 +172,11 @@ def files(path: Path) -> list[Path]:
 def metadata(path: Path) -> dict[str, Any] | None:
     """The job's metadata of a batcher OUT; None when OUT is not one (or is unreadable)."""
     try:
-        found = pq.read_metadata(files(path)[-1]).metadata
+        if textout.text_format(path) is not None:
+            described = textout.read_sidecar(path) if Path(path).is_file() else None
+            found = described.metadata if described is not None else None
+        else:
+            found = pq.read_metadata(files(path)[-1]).metadata
         return json.loads(found[KEY]) if found and KEY in found else None
     except (IndexError, OSError, ValueError, pa.ArrowException):
         return None
@@ -180,6 +191,11 @@ def written_at(path: Path) -> int | None:
 
 def schema(path: Path) -> pa.Schema:
     """OUT's schema, with the job's metadata (a footer's, which `read_schema` leaves out)."""
+    if textout.text_format(path) is not None:
+        described = textout.read_sidecar(path)
+        if described is None:
+            raise ValueError(f"{textout.sidecar(path).name} is missing or damaged")
+        return described
     meta = pq.read_metadata(files(path)[-1])
     kept = {k: v for k, v in (meta.metadata or {}).items() if k != b"ARROW:schema"}
     return pq.read_schema(files(path)[-1]).with_metadata(kept)
@@ -189,6 +205,11 @@ def read_output(path: Path, columns: list[str] | None = None) -> pa.Table:
     """All of OUT (or the `columns` of it), with its metadata; `UsageError` if unreadable."""
     path = Path(path)
     try:
+        fmt = textout.text_format(path)
+        if fmt is not None:
+            described = schema(path)
+            table = textout.read_text(path, fmt, described, columns)
+            return table.replace_schema_metadata(described.metadata)
         tables = [pq.ParquetFile(f).read(columns=columns) for f in files(path)]
         if not tables:
             raise ValueError("no part-*.parquet files")
@@ -200,5 +221,9 @@ def read_output(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 def iter_output(path: Path, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
     """OUT's rows in order, a batch at a time (flat memory)."""
+    fmt = textout.text_format(path)
+    if fmt is not None:
+        yield from textout.iter_text(Path(path), fmt, schema(path), batch_size)
+        return
     for f in files(path):
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)

@@ -80,17 +80,11 @@ CONFLICTS = {
         "{input}: line 1: the Batch API line names its own model ('gpt-4o') and -m names 'a', "
         "'b'; give one of them",
     ),
-    "jsonl_output": (
+    "text_output": (
         TEXT_ROWS,
-        ("-m", "m", "-o", "{tmp}/out.jsonl"),
-        "{tmp}/out.jsonl: batcher writes Parquet; name the output .parquet (a file) or give a "
-        "name without a suffix (a dataset folder), not .jsonl",
-    ),
-    "csv_output": (
-        TEXT_ROWS,
-        ("-m", "m", "-o", "{tmp}/out.csv"),
-        "{tmp}/out.csv: batcher writes Parquet; name the output .parquet (a file) or give a "
-        "name without a suffix (a dataset folder), not .csv",
+        ("-m", "m", "-o", "{tmp}/out.txt"),
+        "{tmp}/out.txt: name the output .parquet (a file), a name without a suffix (a Parquet "
+        "dataset folder), .jsonl or .csv; not .txt",
     ),
     "actors_on_the_local_engine": (
         TEXT_ROWS,
