@@ -25,7 +25,9 @@ from batcher.mock import MockConfig, MockServerThread
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("cluster")]
 
-N = 384  # rows: 12 blocks of 32, so both actors have rows left when the flood comes
+# rows: 24 blocks of 32. Ray Data lets an actor hold 16 blocks at most, so each actor still
+# has rows to send when the pause ends (with 12, one actor could take them all).
+N = 768
 CONCURRENCY = 32  # per actor
 LATENCY = 0.5  # every reply, 429s too: an actor sends 32 new requests each half second
 FLOOD_AT, FLOOD_FOR = 1.0, 2.0  # seconds after the first request: every request a 429
