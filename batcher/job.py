@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from batcher import __version__
 from batcher.analysis.cost import spent_usd, with_costs
 from batcher.analysis.summary import JobSummary, ModelTally
@@ -45,6 +47,7 @@ from batcher.io.rows import RequestSpec, sweep_grid
 from batcher.io.sources import locate
 from batcher.io.streams import in_daemon_thread, is_stream, spool_stream
 from batcher.io.templates import load_messages_template, text_or_file
+from batcher.io.textout import check_text_columns
 from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
 from batcher.spec import JobSpec
@@ -301,7 +304,8 @@ class Job:
         try:
             with saving(target, "nothing was sent"), spool.SpoolWriter(target) as sink:
                 found = self.check(sink, earlier)
-            kept_columns(self.spec.keep_columns, found.schema)  # a wrong name fails here
+            kept = kept_columns(self.spec.keep_columns, found.schema)  # a wrong name fails here
+            check_text_columns(job_dir.output, found.schema_of(kept) if kept else pa.schema([]))
         except BaseException:
             if fresh:
                 target.unlink(missing_ok=True)

@@ -50,15 +50,14 @@ class Counts:
             self.ok += result.ok
             self.prompt += usage.prompt_tokens or 0
             self.completion += usage.completion_tokens or 0
-            if result.cached:
-                continue  # nothing billed again
-            cost = usage.cost_usd
-            if cost is None and self.prices is not None and usage.known:
-                cost = row_cost(
-                    self.prices.get(result.model),
-                    prompt_tokens=usage.prompt_tokens or 0,
-                    completion_tokens=usage.completion_tokens or 0,
-                )
+            if result.cached or not (usage.known or usage.cost_usd is not None):
+                continue  # nothing billed again, or what is unknown
+            cost = row_cost(
+                self.prices.get(result.model) if self.prices is not None else None,
+                prompt_tokens=usage.prompt_tokens or 0,
+                completion_tokens=usage.completion_tokens or 0,
+                server_cost=usage.cost_usd,
+            )
             if cost is not None:
                 self.cost = (self.cost or 0.0) + cost
 

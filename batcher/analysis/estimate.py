@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from batcher.analysis.text import aligned, money
+from batcher.analysis.text import aligned, duration, money
 from batcher.errors import UsageError
 from batcher.io.check import InputScan
 from batcher.prices import UNPRICED_HINT, Price, PriceTable
@@ -189,17 +189,6 @@ def estimate(
     )
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -247,7 +236,7 @@ def render_estimate(est: Estimate) -> list[str]:
         lines.append("(totals cover priced models only)")
     if any(m.priced and m.cost_high is None for m in est.models):
         lines.append("cost high: unknown without max_tokens on every request (--max-tokens)")
-    lines.append(f"duration: ~{_duration(est.duration_s)} ({est.duration_basis})")
+    lines.append(f"duration: ~{duration(est.duration_s)} ({est.duration_basis})")
     if est.unpriced:
         lines.append(f"no price for: {', '.join(est.unpriced)} {UNPRICED_HINT}")
     return lines

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batcher.analysis.text import aligned, jsonable
+from batcher.analysis.totals import model_order, ranks
 from batcher.errors import UsageError
 from batcher.io.jobdir import read_results
 
@@ -32,7 +33,8 @@ def show(
     order: those in error with `errors`, those `where` (an SQL condition) holds for."""
     table = read_results(Path(path))
     if "_row" in table.column_names:  # a job folder's parts: in the order they were written
-        keys = [(n, "ascending") for n in ("_row", "_model_index", "_variant", "sample")]
+        table = table.append_column("_model", ranks(table["model"], model_order(table)))
+        keys = [(n, "ascending") for n in ("_row", "_model", "_variant", "sample")]
         table = table.sort_by([k for k in keys if k[0] in table.column_names])
     table = table.select([n for n in table.column_names if not n.startswith("_")])
     if errors:

@@ -29,6 +29,18 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.1f} ms" if in_ms(value) else f"{value:.2f} s"
 
 
+def duration(seconds: float) -> str:
+    """A duration as shown to people: "4.2s", "45s", "3m 10s", "2h 05m"."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
 def key_text(value: Any) -> str:
     """A group's key value as shown: "(none)" for null."""
     return "(none)" if value is None else str(value)

@@ -208,7 +208,7 @@ def group_totals(
         if sort:
             ranked = [k for k in names if order and k in order]
             for k in ranked:
-                agg = agg.append_column(_TMP + "rank_" + k, _ranks(agg[k], order[k]))
+                agg = agg.append_column(_TMP + "rank_" + k, ranks(agg[k], order[k]))
             keys = [(_TMP + "rank_" + k if k in ranked else k, "ascending") for k in names]
             agg = agg.take(pc.sort_indices(agg, sort_keys=keys))
             agg = agg.drop_columns([_TMP + "rank_" + k for k in ranked])
@@ -251,7 +251,7 @@ def group_totals(
     return out
 
 
-def _ranks(column: pa.ChunkedArray, listed: Sequence[Any]) -> pa.ChunkedArray:
+def ranks(column: pa.ChunkedArray, listed: Sequence[Any]) -> pa.ChunkedArray:
     """Each value's place: its index in `listed`, else after them all in order of the
     value's first appearance (the row order of an aggregation without threads)."""
     later = pc.add(pc.index_in(column, value_set=pc.unique(column)).cast(pa.int64()), len(listed))

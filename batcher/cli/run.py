@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from batcher.analysis.text import duration
 from batcher.cli.options import EXIT_STORAGE, CliError, job_options, spec_options
 from batcher.errors import BatcherError
 from batcher.progress import ProgressBar
@@ -191,23 +192,13 @@ class ProgressLines:
             parts.append(f"${p.cost_usd:.4f}")
         parts.append(f"{rate:.1f} req/s")
         if rate > 0 and p.total > p.done:
-            parts.append(f"ETA {_duration((p.total - p.done) / rate)}")
+            parts.append(f"ETA {duration((p.total - p.done) / rate)}")
         if p.note:
             parts.append(p.note)
         click.echo("progress: " + ", ".join(parts), err=True)
 
     def close(self) -> None:
         """The summary says the end."""
-
-
-def _duration(seconds: float) -> str:
-    """ "45s", "3m 10s", "2h 05m"."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def print_dry_run(dry: Any) -> None:

@@ -32,7 +32,7 @@ from batcher.engine.budget import Budget
 from batcher.engine.http import Attempt, Client, new_session
 from batcher.engine.limits import Limits
 from batcher.engine.pool import Pool
-from batcher.engine.reask import checked, validated
+from batcher.engine.reask import known_result, validated
 from batcher.engine.results import error_result, to_result
 from batcher.engine.retry import Health, RetryPolicy, with_retries
 from batcher.errors import AttemptError
@@ -271,11 +271,9 @@ class EngineRun:
         if request.bad_input is not None:
             return error_result(request, ErrorType.BAD_INPUT.value, request.bad_input)
         if self._known is not None:
-            known = self._known.get(request)
+            known = known_result(self._known, self._validators, request)
             if known is not None:
-                known = checked(known, self._validators.of(request.payload))
-                if known is not None:
-                    return known
+                return known
         budget = self._budget
         reserved = 0
         if budget is not None:

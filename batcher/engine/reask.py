@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from batcher.engine.http import Attempt
 from batcher.engine.results import to_result
-from batcher.structured.validate import ReplyValidator
+from batcher.structured.validate import ReplyValidator, Validators
 from batcher.types import Request, Result, Usage
 
 # Sends a body (a dict) to its end, retries included: the last attempt and attempts made.
@@ -52,6 +53,13 @@ async def validated(
         if retry.reply is None:  # the re-ask itself failed: the row ends in that error
             return to_result(request, retry, made, usage=Usage.total(billed), reasks=asked)
         attempt = retry
+
+
+def known_result(known: Any, validators: Validators, request: Request) -> Result | None:
+    """What `known` (the response cache) has for `request`, checked like a fresh reply;
+    None when it has nothing, or nothing valid."""
+    found = known.get(request)
+    return None if found is None else checked(found, validators.of(request.payload))
 
 
 def checked(known: Result, validator: ReplyValidator | None) -> Result | None:

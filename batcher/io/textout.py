@@ -7,7 +7,8 @@ it, `.NAME.batcher.json`, put in place just before OUT is: with it `cost`, `repo
 between the two renames leaves an older OUT than the job folder's parts, which resume
 then assembles again).
 
-- JSON Lines: one object a row, the columns in order; times in ISO 8601 with their offset.
+- JSON Lines: one object a row, the columns in order; times in ISO 8601 with their offset;
+  a float that is not a number (NaN) is null, as JSON has no NaN.
 - CSV: a header, then a row a line; a string is quoted, a null is an empty field (so "" is
   an empty string); a nested column (a schema's object or array, `tool_calls`,
   `search_results`) is its JSON.
@@ -27,15 +28,54 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from batcher.errors import UsageError
 from batcher.io.durable import fsync_file
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 _NESTED = (pa.types.is_struct, pa.types.is_list, pa.types.is_large_list, pa.types.is_map)
+_PARSE = {  # JSON's strings back to the values they were written from
+    pa.timestamp("ms").id: datetime.datetime.fromisoformat,
+    pa.date32().id: datetime.date.fromisoformat,
+}
 
 
 def text_format(path: Path) -> str | None:
     """ "jsonl" or "csv" when OUT's name asks for text, else None."""
     return FORMATS.get(Path(path).suffix.lower())
+
+
+def check_text_columns(path: Path, kept: pa.Schema) -> None:
+    """Refuse, before anything is sent, input columns to keep that a text OUT could not give
+    back as they were: text holds strings, numbers, booleans, lists and objects of those,
+    dates and times to the microsecond."""
+    if text_format(path) is None:
+        return
+    lost = [f"{f.name} ({f.type})" for f in kept if not _top_level(f.type)]
+    if lost:
+        raise UsageError(
+            f"{path}: {Path(path).suffix} cannot hold the input column"
+            f"{'s' if len(lost) > 1 else ''} {', '.join(lost)}; name the output .parquet, "
+            "or leave them out with --keep-columns"
+        )
+
+
+def _json_native(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _json_native(t.value_type)
+    if pa.types.is_struct(t):
+        return all(_json_native(f.type) for f in t)
+    return any(
+        kind(t)
+        for kind in (
+            pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean,
+            pa.types.is_integer, pa.types.is_floating, pa.types.is_null,
+        )
+    )  # fmt: skip
+
+
+def _top_level(t: pa.DataType) -> bool:
+    timestamp = pa.types.is_timestamp(t) and t.unit != "ns"
+    return _json_native(t) or timestamp or pa.types.is_date32(t)
 
 
 def sidecar(path: Path) -> Path:
@@ -67,14 +107,18 @@ def write_text(
                 sink.write(buffer.getvalue())
     fsync_file(tmp)
     schema = schema.with_metadata(metadata() if metadata else {})
-    info = {"schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}
+    described = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    info = {"schema": described, "bytes": tmp.stat().st_size}  # the OUT it describes
     return rows, json.dumps(info).encode()
 
 
 def read_sidecar(path: Path) -> pa.Schema | None:
-    """The schema (with the job's metadata) of a text OUT; None without a readable sidecar."""
+    """The schema (with the job's metadata) of a text OUT; None without a readable sidecar
+    or when it describes another OUT (a kill between the sidecar's rename and OUT's)."""
     try:
         info = json.loads(sidecar(path).read_bytes())
+        if Path(path).stat().st_size != info["bytes"]:
+            return None
         return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(info["schema"])))
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return None
@@ -127,10 +171,11 @@ def read_text(path: Path, fmt: str, schema: pa.Schema, columns: list[str] | None
 def _from_json_lines(lines: list[bytes], schema: pa.Schema) -> pa.RecordBatch:
     rows = [orjson.loads(line) for line in lines]
     for f in schema:
-        if pa.types.is_timestamp(f.type):
+        parse = _PARSE.get(f.type.id)
+        if parse is not None:
             for row in rows:
                 if isinstance(value := row.get(f.name), str):
-                    row[f.name] = datetime.datetime.fromisoformat(value)
+                    row[f.name] = parse(value)
     return pa.RecordBatch.from_pylist(rows, schema=schema)
 
 

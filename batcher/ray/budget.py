@@ -31,7 +31,7 @@ from batcher.engine.budget import Budget
 from batcher.types import Request, Result
 
 LEASE = 8  # worst cases an actor leases at a time
-WAIT = 0.1  # seconds between an actor's asks while the money is held by others
+WAIT, WAIT_MOST = 0.1, 1.0  # seconds between an actor's asks while others hold the money
 HEARTBEAT = 5.0  # seconds: an actor holding money reports at least this often
 LOST = 60.0  # seconds: an actor holding money and silent this long is gone
 
@@ -84,6 +84,7 @@ class LeasedBudget(Budget):
             self._heartbeat = asyncio.ensure_future(self._beat())
         if self._leased < amount:
             async with self._trading:  # one worker of the actor asks the pool at a time
+                wait = WAIT
                 while self._leased < amount:
                     granted, others, alone = await self._trade(need=amount, want=LEASE * amount)
                     if granted:
@@ -92,7 +93,8 @@ class LeasedBudget(Budget):
                         return None  # nothing in flight anywhere and not one more fits
                     self._changed.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), WAIT)
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                    wait = min(WAIT_MOST, 2 * wait)  # others hold it: ask less often
         self._leased -= amount
         self.reserved += amount
         return amount
@@ -114,10 +116,12 @@ class LeasedBudget(Budget):
             await self._trade(need=0, want=0)
 
     async def close(self) -> None:
-        """The last report: what was spent, and everything held given back."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        await self.give_back()
+        """The last report: what was spent, and everything held given back (after a trade
+        on its way: a trade cut short could be counted twice)."""
+        async with self._trading:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            await self._trade(need=0, want=0)
 
     async def _beat(self) -> None:
         while True:

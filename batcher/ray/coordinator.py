@@ -154,6 +154,11 @@ class Coordinator:
         self.stop_reason: str | None = None
         self.streak = 0
         self._budget = BudgetPool(*budget) if budget is not None else None
+        if budget is not None and _restarted():  # what this run spent is gone with it
+            self.stop_reason = (
+                "the job's coordinator restarted, and with it what --max-cost "
+                "had counted; rerun to go on (earlier results are kept)"
+            )
 
     def lease(self, model: str, want: int, tokens: int, report: Report) -> Lease:
         """Up to `want` permits for requests of `tokens` tokens to `model`, after `report`."""
@@ -279,6 +284,16 @@ class Coordinator:
 
     def _pauses(self, now: float) -> dict[str, float]:
         return {model: until for model, (until, _) in self._paused.items() if until > now}
+
+
+def _restarted() -> bool:
+    """Whether this runs in a Ray actor that Ray restarted (False outside Ray)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray actor
+        return False
 
 
 class ClusterLimits:

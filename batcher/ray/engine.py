@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import EngineSettings
-from batcher.engine.reask import checked
+from batcher.engine.reask import known_result
 from batcher.errors import BatcherError, UsageError
 from batcher.io import spool
 from batcher.providers import Endpoint
@@ -112,10 +112,12 @@ def _reachable(address: str) -> None:
     nothing answers on is said in a line at once: Ray itself retries for minutes, silent."""
     given = address
     if address == "auto":  # as ray.init finds it: $RAY_ADDRESS, the last `ray start`, ...
-        from ray._private.services import canonicalize_bootstrap_address
-
         try:
+            from ray._private.services import canonicalize_bootstrap_address
+
             address = canonicalize_bootstrap_address("auto") or ""
+        except ImportError:  # another Ray: ray.init finds it
+            return
         except ConnectionError as exc:
             raise UsageError(f"--ray-address auto: {_first_line(exc)}") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -362,9 +364,7 @@ class RayRun:
             for batch in spool.todo_batches(self._spool):
                 results, send = [], []
                 for request in spool.requests_in(batch):
-                    found = self._known.get(request)
-                    if found is not None:
-                        found = checked(found, validators.of(request.payload))
+                    found = known_result(self._known, validators, request)
                     send.append(found is None)
                     if found is not None:
                         results.append(found)

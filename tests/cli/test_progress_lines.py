@@ -12,7 +12,7 @@ from batcher.progress import Progress
 
 LINE = re.compile(
     r"progress: (\d+)/40 requests \(\d+%\), (\d+) ok, 0 errors, [\d,]+ tokens, \$\d+\.\d{4}, "
-    r"\d+\.\d req/s(, ETA \d+s)?"
+    r"\d+\.\d req/s(, ETA \d+\.\ds)?"
 )
 
 
@@ -54,5 +54,5 @@ def test_each_line_says_counts_tokens_cost_rate_eta_and_the_note(monkeypatch):
     assert said == [
         "progress: 1,200/10,000 requests (12%), 1,198 ok, 2 errors, 61,000 tokens, $0.4210, "
         "20.0 req/s, ETA 7m 20s, ~590 rpm from 429s",
-        "progress: 9,990/10,000 requests (99%), 9,990 ok, 0 errors, 3 tokens, 62.8 req/s, ETA 0s",
+        "progress: 9,990/10,000 requests (99%), 9,990 ok, 0 errors, 3 tokens, 62.8 req/s, ETA 0.2s",
     ]

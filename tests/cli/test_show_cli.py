@@ -42,12 +42,16 @@ def test_the_first_rows_the_errors_a_where_and_json(run_job, cli, tmp_path):
 
 def test_a_running_job_is_shown_from_its_folder(run_job, cli, tmp_path):
     out = tmp_path / "o.parquet"
-    assert run_job(prompts(5), out, "--keep-job-dir").exit_code == 0
+    ran = run_job(prompts(5), out, "-m", "mock-1", "--keep-job-dir", "-c", "8", model="mock-2")
+    assert ran.exit_code == 0
     finished = cli("show", out).stdout
     out.unlink()  # as while the job runs: its results are in the job folder only
     running = cli("show", out)
     assert running.exit_code == 0 and running.stdout == finished
-    assert running.stdout.splitlines()[-1] == "(5 rows)"
+    assert [line.split()[:2] for line in running.stdout.splitlines()[1:5]] == [
+        ["p0", "mock-2"], ["p0", "mock-1"], ["p1", "mock-2"], ["p1", "mock-1"]
+    ]  # fmt: skip
+    assert running.stdout.splitlines()[-1] == "(10 rows)"
 
 
 def test_bad_columns_and_conditions_are_one_line(run_job, cli, tmp_path, monkeypatch):

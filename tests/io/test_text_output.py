@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, SAMPLE
 
+from batcher.errors import UsageError
 from batcher.io.output import read_output, write_output
 
 DIFFER = {"latency_s", "created", "response_id"}  # two runs of one job differ in these
@@ -55,14 +57,19 @@ def test_csv_keeps_nulls_empty_strings_line_breaks_and_nested_values_apart(tmp_p
             ("n", pa.int64()),
             ("tags", pa.list_(pa.string())),
             ("call", pa.struct([("name", pa.string()), ("args", pa.string())])),
+            ("at", pa.timestamp("ms", tz="UTC")),
+            ("day", pa.date32()),
         ]
     )
+    at = datetime.datetime(2026, 12, 2, 15, 22, 22, 123000, tzinfo=datetime.timezone.utc)
     table = pa.table(
         {
             "s": ["a", "", None, 'two\nlines, "quoted"'],
             "n": [1, None, 3, 4],
             "tags": [["x", "y"], [], None, ["z"]],
             "call": [{"name": "f", "args": "{}"}, None, {"name": "", "args": None}, None],
+            "at": [at, None, at, at],
+            "day": [datetime.date(2026, 12, 2), None, None, datetime.date(1999, 1, 31)],
         },
         schema=schema,
     )
@@ -72,10 +79,42 @@ def test_csv_keeps_nulls_empty_strings_line_breaks_and_nested_values_apart(tmp_p
         assert back.to_pylist() == table.to_pylist(), name
         assert back.schema.metadata == {b"batcher": b'{"rows": 4}'}
     assert (tmp_path / "t.csv").read_text().splitlines()[:3] == [
-        '"s","n","tags","call"',
-        '"a",1,"[""x"",""y""]","{""name"":""f"",""args"":""{}""}"',
-        '"",,"[]",',
+        '"s","n","tags","call","at","day"',
+        '"a",1,"[""x"",""y""]","{""name"":""f"",""args"":""{}""}",'
+        "2026-12-02 15:22:22.123Z,2026-12-02",
+        '"",,"[]",,,',
     ]
+    # an OUT that is not the one its schema file describes (a kill between the two renames)
+    (tmp_path / "t.jsonl").write_text('{"s": "old"}\n')
+    with pytest.raises(UsageError, match=r"t\.jsonl: not a readable batcher output"):
+        read_output(tmp_path / "t.jsonl")
+
+
+def test_input_columns_text_could_not_give_back_are_refused_before_sending(run_job, api, tmp_path):
+    data = tmp_path / "in.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a"],
+                "prompt": ["hi"],
+                "blob": pa.array([b"\x00"], pa.binary()),
+                "ns": pa.array([1], pa.timestamp("ns")),
+            }
+        ),
+        data,
+    )
+    ran = run_job(data, tmp_path / "o.jsonl")
+    assert (ran.exit_code, ran.stderr) == (
+        2,
+        f"Error: {tmp_path / 'o.jsonl'}: .jsonl cannot hold the input columns blob (binary), "
+        "ns (timestamp[ns]); name the output .parquet, or leave them out with --keep-columns\n",
+    )
+    assert api.log == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        ".o.jsonl.lock",
+        "in.parquet",
+    ]
+    kept = run_job(data, tmp_path / "o.jsonl", "--keep-columns", "prompt")
+    assert kept.exit_code == 0, kept.stderr
 
 
 def test_a_text_out_without_its_schema_file_is_not_taken_for_a_batcher_output(cli, tmp_path):

@@ -84,6 +84,7 @@ def test_three_actors_spend_within_one_request_of_the_budget_and_no_more(seed):
 
 def test_what_a_dead_actor_held_counts_as_spent_and_the_job_does_not_wait_for_it(monkeypatch):
     monkeypatch.setattr(ray_budget, "WAIT", 0.01)
+    monkeypatch.setattr(ray_budget, "WAIT_MOST", 0.02)
     now = [0.0]
     pool = BudgetPool(limit=pico(0.01), spent=0, clock=lambda: now[0])
     coordinator = Coordinator(pool)
