@@ -89,12 +89,10 @@ def test_run_prices_rows_and_cost_agrees(cli, run_job, tmp_path):
     assert cli("cost", out, "--by", "nope").exit_code == 2
 
 
-def test_max_cost_stops_within_one_request_and_resumes(run_job, api, tmp_path):
-    data, prices = setup(tmp_path, n=200)
-    out = tmp_path / "o.parquet"
-    args = (data, out, "--prices", prices, "--max-tokens", "100", "-c", "4")
+def assert_stopped_within_budget(result, out, sent: int) -> None:
+    """A run of 200 rows at --max-tokens 100 and --max-cost 0.02: stopped within one
+    request's worst case of the budget, said so, every row not sent marked not_sent."""
     one_request = (10 * 2.0 + 100 * 8.0) / 1e6  # the worst case of one request
-    result = run_job(*args, "--max-cost", "0.02", model="priced-a")
     assert result.exit_code == 1
     rows = pq.read_table(out).to_pylist()
     spent = sum(r["cost_usd"] for r in rows if r["status"] == "ok")
@@ -104,7 +102,15 @@ def test_max_cost_stops_within_one_request_and_resumes(run_job, api, tmp_path):
         " rerun with a higher --max-cost to go on"
     ) in result.stderr.splitlines()
     unsent = [r for r in rows if r["error_type"] == "not_sent"]
-    assert unsent and len(api.log) == 200 - len(unsent)
+    assert unsent and sent == 200 - len(unsent)
+
+
+def test_max_cost_stops_within_one_request_and_resumes(run_job, api, tmp_path):
+    data, prices = setup(tmp_path, n=200)
+    out = tmp_path / "o.parquet"
+    args = (data, out, "--prices", prices, "--max-tokens", "100", "-c", "4")
+    result = run_job(*args, "--max-cost", "0.02", model="priced-a")
+    assert_stopped_within_budget(result, out, len(api.log))
     again = run_job(*args, "--max-cost", "1", model="priced-a")
     assert again.exit_code == 0
     assert len(api.log) == 200
