@@ -44,11 +44,11 @@ def text_format(path: Path) -> str | None:
     return FORMATS.get(Path(path).suffix.lower())
 
 
-def check_text_columns(path: Path, kept: pa.Schema) -> None:
+def check_text_columns(path: Path, kept: pa.Schema | None) -> None:
     """Refuse, before anything is sent, input columns to keep that a text OUT could not give
     back as they were: text holds strings, numbers, booleans, lists and objects of those,
     dates and times to the microsecond."""
-    if text_format(path) is None:
+    if text_format(path) is None or kept is None:
         return
     lost = [f"{f.name} ({f.type})" for f in kept if not _top_level(f.type)]
     if lost:
