@@ -216,11 +216,6 @@ class Job:
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
             stack.enter_context(job_dir.lock())
-            ray_up = None
-            if spec.engine == "ray":  # Ray starts while the input is checked
-                from batcher.ray.start import RayStart
-
-                ray_up = stack.enter_context(RayStart(spec.ray_address))
             job_dir.clean()
             stack.callback(shutil.rmtree, job_dir.input_copy, ignore_errors=True)
             await self.open_input(job_dir.input_copy)
@@ -232,9 +227,8 @@ class Job:
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
             learned = job_dir.read_limits(self.identity_url)  # the mock: whatever port
-            if ray_up is not None:
-                await ray_up.ready()
-                self.engine = self._on_ray(base_url, learned, budget)
+            if spec.engine == "ray":
+                self.engine = self._on_ray(stack, base_url, learned, budget)
             else:
                 engine = Engine(self.endpoint(base_url), self._settings())
                 requests = spool.todo_requests(job_dir.spool)
@@ -244,8 +238,6 @@ class Job:
             if self.interrupted:
                 self.engine.stop("interrupted")
             sent, row_ranges = await self._send(job_dir, found)
-            if ray_up is not None:  # Ray shuts down while OUT is assembled
-                ray_up.release()
             stop_reason = self.engine.stop_reason
             if self.interrupted:
                 return self._summary(None, found, sent, {}, started, job_dir)
@@ -267,10 +259,11 @@ class Job:
                 job_dir if keep else None,
             )
 
-    def _on_ray(self, base_url: str, learned: dict, budget: Budget | None) -> RayRun:
+    def _on_ray(self, stack, base_url: str, learned: dict, budget: Budget | None) -> RayRun:
         """The spool's requests sent by actors on Ray (`batcher.ray`), started or joined."""
-        from batcher.ray.engine import ACTORS, RayEngine
+        from batcher.ray.engine import ACTORS, RayEngine, connected
 
+        stack.enter_context(connected(self.spec.ray_address))
         assert self.job_dir is not None
         settings = engine_settings(self.spec)
         actors = self.spec.actors or ACTORS

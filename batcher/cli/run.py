@@ -208,21 +208,8 @@ def print_dry_run(dry: Any) -> None:
         click.echo(payload.decode())
 
 
-class StderrHandler(logging.StreamHandler):
-    """Log lines to sys.stderr as it is when each is said (Ray's start points it elsewhere
-    for a while, as tests do)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _: Any) -> None:
-        pass
-
-
 def setup_logging(verbose: bool) -> None:
-    handler = StderrHandler()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("batcher")
     logger.handlers[:] = [handler]

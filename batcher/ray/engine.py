@@ -67,6 +67,19 @@ class RayJobError(BatcherError):
     exit_code = 1
 
 
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Ray, started or joined for the block, unless it is already (a notebook's own)."""
+    if ray.is_initialized():
+        yield
+        return
+    connect(address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def connect(address: str | None) -> None:
     """Start or join Ray: `"local"` starts one on this machine bound to 127.0.0.1 (and so
     does None, unless $RAY_ADDRESS names a cluster); an address joins that cluster."""
@@ -144,32 +157,16 @@ def _loopback(local: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stderr_to(path: str) -> Iterator[None]:
-    """File descriptor 2 at `path` (Ray's C++ side and the processes it starts write
-    there), while Python's sys.stderr still reaches the real one: Ray starts in a thread
-    while the job checks its input and may log."""
-    python = sys.stderr
-    python.flush()
+    sys.stderr.flush()
     saved = os.dup(2)
     target = os.open(path, os.O_WRONLY)
     os.dup2(target, 2)
-    if _on_fd2(python):
-        sys.stderr = open(saved, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115 (restored below)
     try:
         yield
     finally:
-        if sys.stderr is not python:
-            sys.stderr.flush()
-            sys.stderr = python
         os.dup2(saved, 2)
         os.close(saved)
         os.close(target)
-
-
-def _on_fd2(stream: Any) -> bool:
-    try:
-        return stream.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # a test's capture, a notebook's stream
-        return False
 
 
 def coordinator(
