@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batcher import __version__
-from batcher.analysis.cost import spent_usd, with_costs
+from batcher.analysis.cost import cost_split, spent_usd, with_costs
 from batcher.analysis.summary import JobSummary, ModelTally
 from batcher.analysis.totals import Totals
 from batcher.engine.budget import Budget
@@ -410,7 +410,7 @@ class Job:
 
         def finish(table):
             table = with_costs(table, self.prices)
-            tally.add(table)
+            tally.add(table, cost_split(table, self.prices))
             return table
 
         def metadata() -> dict[str, bytes]:

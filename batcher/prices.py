@@ -16,18 +16,25 @@ from importlib import resources
 from typing import Any
 
 from batcher.errors import UsageError, os_problem, show_path
+from batcher.types import Usage
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["PRICE_KEYS", "Price", "PriceTable", "row_cost"]
+__all__ = ["PRICE_KEYS", "Price", "PriceTable", "row_cost", "usage_cost"]
 
 REQUIRED_KEYS = ("input_per_million", "output_per_million")
 
 
-PRICE_KEYS = (*REQUIRED_KEYS, "cached_input_per_million", "reasoning_per_million")
+PRICE_KEYS = (
+    *REQUIRED_KEYS,
+    "cached_input_per_million",
+    "cache_write_per_million",
+    "reasoning_per_million",
+    "per_search",
+)
 
 
 UNPRICED_HINT = "(cost left empty; add them with --prices FILE)"
@@ -36,17 +43,24 @@ PACKAGED = "batcher/prices.toml"  # how the packaged file is named in messages
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """A model's list price in USD per million tokens."""
+    """A model's list price in USD per million tokens (and per web search)."""
 
     input_per_million: float
     output_per_million: float
     cached_input_per_million: float | None = None  # None: cached tokens at the input rate
+    cache_write_per_million: float | None = None  # None: tokens written at the input rate
     reasoning_per_million: float | None = None  # None: reasoning tokens at the output rate
+    per_search: float | None = None  # None: searches unpriced (a row with any: cost unknown)
 
     @property
     def cached_rate(self) -> float:
         c = self.cached_input_per_million
         return self.input_per_million if c is None else c
+
+    @property
+    def write_rate(self) -> float:
+        w = self.cache_write_per_million
+        return self.input_per_million if w is None else w
 
     @property
     def reasoning_rate(self) -> float:
@@ -164,25 +178,44 @@ def row_cost(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
+    search_queries: int = 0,
     server_cost: float | None = None,
 ) -> float | None:
     """The USD cost of one request: the server's `usage.cost` when given, else from tokens.
 
-    Cached tokens are part of the prompt tokens, priced at the cached-input rate (the input
-    rate without one); reasoning tokens are part of the completion tokens (as in OpenAI's
-    usage details), priced at the reasoning rate (the output rate without one). None when
-    there is neither a price nor a server cost."""
+    Cached and cache-write tokens are part of the prompt tokens, priced at the cached-input
+    and cache-write rates (the input rate without one); reasoning tokens are part of the
+    completion tokens (as in OpenAI's usage details), priced at the reasoning rate (the
+    output rate without one); each search costs `per_search`. None when there is neither a
+    price nor a server cost, or searches without a search price."""
     if server_cost is not None:
         return server_cost
-    if price is None:
+    if price is None or (search_queries and price.per_search is None):
         return None
     cached = min(cached_tokens, prompt_tokens)
+    written = min(cache_write_tokens, prompt_tokens - cached)
     reasoning = min(reasoning_tokens, completion_tokens)
     total = (
-        (prompt_tokens - cached) * price.input_per_million
+        (prompt_tokens - cached - written) * price.input_per_million
         + cached * price.cached_rate
+        + written * price.write_rate
         + (completion_tokens - reasoning) * price.output_per_million
         + reasoning * price.reasoning_rate
     )
-    return total / 1e6
+    return total / 1e6 + search_queries * (price.per_search or 0.0)
+
+
+def usage_cost(price: Price | None, usage: Usage) -> float | None:
+    """`row_cost` of a reply's usage (its unknown counts taken as 0)."""
+    return row_cost(
+        price,
+        prompt_tokens=usage.prompt_tokens or 0,
+        completion_tokens=usage.completion_tokens or 0,
+        cached_tokens=usage.cached_tokens or 0,
+        cache_write_tokens=usage.cache_write_tokens or 0,
+        reasoning_tokens=usage.reasoning_tokens or 0,
+        search_queries=usage.search_queries or 0,
+        server_cost=usage.cost_usd,
+    )

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batcher.prices import PriceTable, row_cost
+from batcher.prices import PriceTable, usage_cost
 from batcher.types import Result
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress callbacks
@@ -52,12 +52,8 @@ class Counts:
             self.completion += usage.completion_tokens or 0
             if result.cached or not (usage.known or usage.cost_usd is not None):
                 continue  # nothing billed again, or what is unknown
-            cost = row_cost(
-                self.prices.get(result.model) if self.prices is not None else None,
-                prompt_tokens=usage.prompt_tokens or 0,
-                completion_tokens=usage.completion_tokens or 0,
-                server_cost=usage.cost_usd,
-            )
+            price = self.prices.get(result.model) if self.prices is not None else None
+            cost = usage_cost(price, usage)
             if cost is not None:
                 self.cost = (self.cost or 0.0) + cost
 

@@ -150,6 +150,32 @@ def estimate_tokens(messages: Any) -> int:
     return max(1, chars // 4)
 
 
+CACHEABLE_TOKENS = 1024  # the shortest prefix OpenAI and Anthropic cache (estimated tokens)
+
+
+def cache_prefix(messages: Any, tokens: int = CACHEABLE_TOKENS) -> str | None:
+    """A key of the prompt's first `tokens` (roles and texts, in order; 4 characters a
+    token, as `estimate_tokens` counts): prompts with the same key share a prefix a provider
+    can cache. None for a shorter prompt, or content that is not text."""
+    chars, parts = tokens * 4, []
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            if not all(isinstance(t, str) for t in texts):
+                return None  # an image or audio part: where its tokens fall is unknown
+            content = "".join(texts)
+        if not isinstance(content, str):
+            return None
+        parts.append(f"{message.get('role')}\x1f")
+        parts.append(content[:chars])
+        chars -= len(content)
+        if chars <= 0:
+            digest = hashlib.blake2b("\x1e".join(parts).encode(), digest_size=8)
+            return digest.hexdigest()
+    return None
+
+
 def max_tokens_of(body: Mapping[str, Any]) -> int | None:
     """The completion bound of a body: `max_tokens`, else `max_completion_tokens`."""
     for key in ("max_tokens", "max_completion_tokens"):
@@ -164,12 +190,19 @@ class Usage:
     """What requests were billed: tokens, and the server's own cost when it said.
 
     `Usage()` is nothing billed (zero tokens). A billed reply that did not say (or said
-    nonsense) has None counts: unknown, never a made-up 0."""
+    nonsense) has None counts: unknown, never a made-up 0. The details are parts of the
+    counts (cached and cache-write tokens of the prompt tokens, reasoning and audio tokens
+    of theirs) or extra (search queries), None unless the server stated them."""
 
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
     total_tokens: int | None = 0
     cost_usd: float | None = None
+    cached_tokens: int | None = None  # prompt tokens read from the provider's prompt cache
+    cache_write_tokens: int | None = None  # prompt tokens written to it (Anthropic bills them)
+    reasoning_tokens: int | None = None  # completion tokens spent reasoning (hidden)
+    search_queries: int | None = None  # web searches the server ran (Octen bills them)
+    audio_tokens: int | None = None  # prompt and completion tokens of audio
 
     @property
     def known(self) -> bool:
@@ -185,11 +218,23 @@ class Usage:
             return billed[0]
         costs = [u.cost_usd for u in billed]
         return Usage(
-            _sum([u.prompt_tokens for u in billed]),
-            _sum([u.completion_tokens for u in billed]),
-            _sum([u.total_tokens for u in billed]),
+            *(_sum([getattr(u, name) for u in billed]) for name in _COUNTS[:3]),
             None if None in costs else sum(costs),  # type: ignore[arg-type]
+            *(_sum([getattr(u, name) for u in billed]) for name in _COUNTS[3:]),
         )
+
+
+_COUNTS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "search_queries",
+    "audio_tokens",
+)
+DETAILS = _COUNTS[3:]  # the usage details, in the order of their output columns
 
 
 UNKNOWN_USAGE = Usage(None, None, None, None)  # billed, but the reply did not say how much

@@ -16,9 +16,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from batcher.analysis.text import aligned, jsonable, key_text, money, seconds
+from batcher.analysis.cost import PARTS, cost_split
+from batcher.analysis.text import (
+    DETAIL_HEADERS,
+    SPLIT_HEADERS,
+    aligned,
+    cache_line,
+    detail_columns,
+    jsonable,
+    key_text,
+    money,
+    seconds,
+)
 from batcher.analysis.totals import Totals, group_label, group_totals, model_order
 from batcher.errors import UsageError
+from batcher.prices import PriceTable
+from batcher.types import DETAILS
 
 __all__ = ["LATENCY_SAMPLE", "Report", "build_report", "group_label", "render_report"]
 
@@ -37,7 +50,11 @@ def report_dict(g: Totals) -> dict[str, Any]:
         "errors_by_type": dict(g.errors_by_type),
         "prompt_tokens": g.prompt_tokens,
         "completion_tokens": g.completion_tokens,
+        **{name: g.details.get(name) for name in DETAILS},
         "cost_usd": g.cost_usd,
+        **{f"cost_{part}_usd": g.split.get(part) for part in PARTS},
+        "cache_hit_rate": g.cache_hit_rate,
+        "saved_by_cache_usd": g.split.get("saved"),
         "latency_p50": g.latency_p50,
         "latency_p95": g.latency_p95,
         "accuracy": g.accuracy,
@@ -116,6 +133,7 @@ def build_report(
     by: Sequence[str] | None = None,
     reference: str | None = None,
     answer: str | None = None,
+    prices: PriceTable | None = None,
 ) -> Report:
     """The report of an output table, grouped by the `by` columns.
 
@@ -138,8 +156,10 @@ def build_report(
             raise UsageError(f"--by: no column {name!r} (columns: {_columns_text(table)})")
     answer = _resolve_answer(table, reference, answer)
     order = {"model": model_order(table)} if "model" in by else None
-    groups = group_totals(table, by, reference=reference, answer=answer, order=order) if by else []
-    (total,) = group_totals(table, (), reference=reference, answer=answer)
+    split = cost_split(table, prices) if prices is not None else None
+    scoring = {"reference": reference, "answer": answer, "split": split}
+    groups = group_totals(table, by, order=order, **scoring) if by else []
+    (total,) = group_totals(table, (), **scoring)
     samples = {g.label: g.latencies.sample(LATENCY_SAMPLE) for g in groups or [total]}
     return Report(source, by, reference, answer if reference else None, groups, total, samples)
 
@@ -156,14 +176,19 @@ def report_table(
 ) -> tuple[list[str], list[list[str]]]:
     """The header and the rows (the groups, then the total) shared by text and HTML."""
     labels = list(report.by) or [""]
-    header = [*labels, "ok", "errors", "tokens in", "tokens out", "cost", "p50", "p95"]
+    details, parts = detail_columns(report.total)
+    header = [*labels, "ok", "errors", "tokens in", "tokens out"]
+    header += [DETAIL_HEADERS[n] for n in details]
+    header += [*(SPLIT_HEADERS[p] for p in parts), "cost", "p50", "p95"]
     scoring = report.reference is not None
     if scoring:
         header.append("accuracy")
 
     def cells(keys: list[str], g: Totals) -> list[str]:
         out = [*keys, number(g.ok), number(g.errors)]
-        out += [number(g.prompt_tokens), number(g.completion_tokens), money(g.cost_usd)]
+        out += [number(g.prompt_tokens), number(g.completion_tokens)]
+        out += [number(g.details[n]) if n in g.details else "-" for n in details]
+        out += [*(money(g.split.get(p)) for p in parts), money(g.cost_usd)]
         out += [seconds(g.latency_p50), seconds(g.latency_p95)]
         if scoring:
             out.append(accuracy_text(g, number))
@@ -179,6 +204,8 @@ def render_report(report: Report) -> list[str]:
     by type when there are errors and a line naming the columns compared for accuracy."""
     header, rows = report_table(report)
     lines = aligned([header, *rows], left=max(len(report.by), 1))
+    if (cache := cache_line(report.total)) is not None:
+        lines.append(cache)
     if report.total.errors_by_type:
         kinds = ", ".join(f"{t} {n}" for t, n in report.total.errors_by_type.items())
         lines.append(f"errors by type: {kinds}")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from batcher.analysis.text import seconds
+from batcher.analysis.text import cache_line, seconds
 from batcher.analysis.totals import Totals, group_totals
 from batcher.prices import UNPRICED_HINT
-from batcher.types import describe_limit
+from batcher.types import DETAILS, describe_limit
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ class ModelTally:
     def __init__(self) -> None:
         self.models: dict[str, Totals] = {}
 
-    def add(self, table: pa.Table) -> None:
-        for found in group_totals(table, ("model",), sort=False):
+    def add(self, table: pa.Table, split: Mapping[str, pa.Array] | None = None) -> None:
+        for found in group_totals(table, ("model",), sort=False, split=split):
             model = found.key["model"]
             if model in self.models:
                 self.models[model] += found
@@ -104,8 +105,9 @@ def render(summary: JobSummary) -> list[str]:
     )
     for name, m in summary.models.items():
         lines.append(
-            f"  {name}: {m.ok}/{m.requests} ok, {m.prompt_tokens} tokens in, "
-            f"{m.completion_tokens} out{'' if name in summary.unpriced else _cost(m)}"
+            f"  {name}: {m.ok}/{m.requests} ok, {m.prompt_tokens} tokens in{_of(m, 'cached')}, "
+            f"{m.completion_tokens} out{_of(m, 'reasoning')}{_searches(m)}"
+            f"{'' if name in summary.unpriced else _cost(m)}"
         )
     priced = [m for name, m in summary.models.items() if name not in summary.unpriced]
     known = [m.cost_usd for m in priced if m.cost_usd is not None]
@@ -114,6 +116,11 @@ def render(summary: JobSummary) -> list[str]:
         lines.append(f"cost: ${sum(known):.4f}")
     elif known:
         lines.append(f"cost: at least ${sum(known):.4f} ({unknown} rows of unknown cost)")
+    total = Totals()
+    for m in summary.models.values():
+        total += m
+    if (cache := cache_line(total)) is not None:
+        lines.append(cache)
     if summary.unpriced:
         lines.append(f"no price for: {', '.join(summary.unpriced)} {UNPRICED_HINT}")
     unsaid = sum(m.unknown_usage for m in summary.models.values())
@@ -144,6 +151,17 @@ def render(summary: JobSummary) -> list[str]:
     return lines
 
 
+def _of(m: Totals, what: str) -> str:
+    """ " (12 cached)" when some of the tokens were cached (reasoning), else ""."""
+    n = m.details.get(f"{what}_tokens")
+    return f" ({n} {what})" if n else ""
+
+
+def _searches(m: Totals) -> str:
+    n = m.details.get("search_queries")
+    return f", {n} search{'es' if n != 1 else ''}" if n else ""
+
+
 def _cost(m: Totals) -> str:
     """ ", $0.1234" when every row's cost is known, ", cost partly unknown" when some are."""
     if m.cost_usd is None or (m.unpriced and m.unpriced == m.requests):
@@ -159,5 +177,7 @@ def _model_dict(totals: Totals, unpriced: bool) -> dict:
         "ok": totals.ok,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
+        **{name: totals.details.get(name) for name in DETAILS},
         "cost_usd": None if unpriced else totals.cost_usd,
+        "cache_hit_rate": totals.cache_hit_rate,
     }

@@ -66,3 +66,42 @@ def aligned(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
         ]
         lines.append("  ".join(cells).rstrip())
     return lines
+
+
+# The usage-detail columns a text table adds when some group has any, with their headers.
+DETAIL_HEADERS = {
+    "cached_tokens": "cached",
+    "reasoning_tokens": "reasoning",
+    "search_queries": "searches",
+}
+# The parts of the bill it then shows, with theirs (input and output always).
+SPLIT_HEADERS = {
+    "input": "$ input",
+    "cached_input": "$ cached",
+    "cache_write": "$ cache write",
+    "output": "$ output",
+    "reasoning": "$ reasoning",
+    "search": "$ search",
+}
+
+
+def detail_columns(total: Any) -> tuple[list[str], list[str]]:
+    """The usage details (`Totals.details`) and bill parts (`Totals.split`) a table shows
+    for `total`: none when nothing but input and output was billed, else each that is not
+    zero over the whole table, with input and output."""
+    details = [n for n in DETAIL_HEADERS if total.details.get(n)]
+    if not details and not total.details.get("cache_write_tokens"):
+        return [], []
+    parts = [p for p in SPLIT_HEADERS if p in total.split]
+    return details, [p for p in parts if p in ("input", "output") or total.split[p]]
+
+
+def cache_line(total: Any) -> str | None:
+    """ "cache: 41.2% of input tokens cached (1,234 of 2,995), saved $0.0123" when some
+    prompt tokens were cached, else None."""
+    rate, cached = total.cache_hit_rate, total.details.get("cached_tokens")
+    if not cached or rate is None:
+        return None
+    line = f"cache: {rate * 100:.1f}% of input tokens cached ({cached:,} of {total.cache_base:,})"
+    saved = total.split.get("saved")
+    return line + (f", saved {money(saved)}" if saved is not None else "")

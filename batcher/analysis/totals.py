@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from batcher.analysis.text import key_text
 from batcher.errors import UsageError
 from batcher.io.output import KEY as METADATA_KEY
+from batcher.types import DETAILS
 
 UNKNOWN_ERROR = "unknown"  # error_type of an error row that has none
 _TMP = "__totals_"  # prefix of the working columns
@@ -115,6 +116,9 @@ class Totals:
     unpriced: int = 0  # rows whose cost is unknown (so cost_usd is a partial sum)
     unpriced_models: set[str] = field(default_factory=set)  # of those rows, with no price
     unknown_usage: int = 0  # billed rows whose usage the server did not say (tokens partial)
+    details: dict[str, int] = field(default_factory=dict)  # usage details some row stated
+    cache_base: int = 0  # the prompt tokens of the rows that stated their cached tokens
+    split: dict[str, float] = field(default_factory=dict)  # cost by part (`cost_split`)
     latencies: Latencies = field(default_factory=Latencies)  # ok rows really sent
     scored: int = 0  # rows with a non-empty reference (accuracy)
     correct: int = 0
@@ -137,6 +141,12 @@ class Totals:
         return self.latencies.percentile(0.95)
 
     @property
+    def cache_hit_rate(self) -> float | None:
+        """Cached tokens over the prompt tokens of the rows that said how many were cached."""
+        cached = self.details.get("cached_tokens")
+        return cached / self.cache_base if cached is not None and self.cache_base else None
+
+    @property
     def accuracy(self) -> float | None:
         return self.correct / self.scored if self.scored else None
 
@@ -152,6 +162,11 @@ class Totals:
         self.unpriced += other.unpriced
         self.unpriced_models |= other.unpriced_models
         self.unknown_usage += other.unknown_usage
+        for name, value in other.details.items():
+            self.details[name] = self.details.get(name, 0) + value
+        self.cache_base += other.cache_base
+        for name, value in other.split.items():
+            self.split[name] = self.split.get(name, 0.0) + value
         self.latencies += other.latencies
         self.scored += other.scored
         self.correct += other.correct
@@ -166,6 +181,7 @@ def group_totals(
     answer: str | None = None,
     sort: bool = True,
     order: Mapping[str, Sequence[Any]] | None = None,
+    split: Mapping[str, pa.Array] | None = None,
 ) -> list[Totals]:
     """The totals of each group of `by` values (sorted by key, nulls last; else in order of
     first appearance). `by=()` gives one group, the whole table, also when it is empty.
@@ -176,7 +192,9 @@ def group_totals(
 
     With `reference`, a row with a non-empty reference is scored: correct when it is ok and
     its `answer` column equals the reference, compared as strings stripped of surrounding
-    whitespace and lower-cased."""
+    whitespace and lower-cased.
+
+    `split` (`analysis.cost.cost_split`'s) is summed per group into `Totals.split`."""
     by = list(dict.fromkeys(by))
     for name in by:
         if name not in table.column_names:
@@ -184,6 +202,9 @@ def group_totals(
     if "status" not in table.column_names:
         raise UsageError("not a batcher output table: no column status")
     work = _work_columns(table, reference, answer)
+    for name, values in (split or {}).items():
+        work[f"split_{name}"] = values
+        work[f"split_{name}_n"] = pc.is_valid(values).cast(pa.int64())
     types = sorted(work.pop("types"))
     keys = {name: decoded(table[name]) for name in by}
     if not by:
@@ -226,6 +247,9 @@ def group_totals(
         def total(name: str, row: dict = row) -> int:
             return row.get(f"{_TMP}{name}_sum") or 0
 
+        def stated(names: Sequence[str], prefix: str, row: dict = row) -> dict[str, Any]:
+            return {n: row[f"{_TMP}{prefix}{n}_sum"] for n in names if total(f"{prefix}{n}_n")}
+
         latencies = pc.drop_null(lists[i].values).to_numpy(zero_copy_only=False)
         unpriced = set(models[i].as_py() or ()) - {None} if models is not None else set()
         out.append(
@@ -243,6 +267,9 @@ def group_totals(
                 unpriced=row[_TMP + "ok_count"] - total("known"),
                 unpriced_models=unpriced,
                 unknown_usage=total("unknown_usage"),
+                details=stated(DETAILS, ""),
+                cache_base=total("cache_base"),
+                split=stated(list(split or ()), "split_"),
                 latencies=Latencies(latencies[~np.isnan(latencies)]),
                 scored=total("scored"),
                 correct=total("correct"),
@@ -311,6 +338,12 @@ def _work_columns(table: pa.Table, reference: str | None, answer: str | None) ->
         "total": optional(table, "total_tokens", pa.int64()).fill_null(0),
         "cost": cost,
     }
+    for name in DETAILS:
+        values = optional(table, name, pa.int64())
+        work[name] = values.fill_null(0)
+        work[f"{name}_n"] = pc.is_valid(values).cast(pa.int64())
+    stated = pc.is_valid(optional(table, "cached_tokens", pa.int64()))
+    work["cache_base"] = pc.if_else(stated, work["prompt"], 0)
     if "model" in table.column_names:
         work["model"] = text(table["model"])
     fresh = pc.invert(optional(table, "cached", pa.bool_()).fill_null(False))

@@ -130,8 +130,9 @@ def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) 
 
     columns = tuple(c.strip() for c in by.split(",") if c.strip())
     try:
-        table = with_costs(read_results(path), PriceTable.load(prices))
-        groups, total = cost_groups(table, columns)
+        table_prices = PriceTable.load(prices)
+        table = with_costs(read_results(path), table_prices)
+        groups, total = cost_groups(table, columns, table_prices)
     except BatcherError as exc:
         raise CliError.of(exc) from None
     if as_json:
@@ -186,9 +187,15 @@ def report(
 
     columns = None if by is None else tuple(c.strip() for c in by.split(",") if c.strip())
     try:
-        table = with_costs(read_results(path), PriceTable.load(prices))
+        table_prices = PriceTable.load(prices)
+        table = with_costs(read_results(path), table_prices)
         found = build_report(
-            table, source=str(path), by=columns, reference=reference_column, answer=answer_column
+            table,
+            source=str(path),
+            by=columns,
+            reference=reference_column,
+            answer=answer_column,
+            prices=table_prices,
         )
     except BatcherError as exc:
         raise CliError.of(exc) from None

@@ -36,7 +36,19 @@ from batcher.cli.options import CliError
     "--error-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
 )
 @click.option(
-    "--usage-style", type=click.Choice(["openai", "octen"]), default="openai", show_default=True
+    "--usage-style",
+    type=click.Choice(["openai", "octen", "anthropic"]),
+    default="openai",
+    show_default=True,
+    help="Usage as OpenAI, Octen (meta.usage) or a gateway passing Anthropic's on.",
+)
+@click.option(
+    "--cache-window",
+    type=float,
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Report prompt prefixes of 1,024+ tokens seen this recently as cached (0: never).",
 )
 @click.option(
     "--rpm-window",

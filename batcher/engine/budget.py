@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from batcher.prices import PriceTable, row_cost
+from batcher.prices import PriceTable, row_cost, usage_cost
 from batcher.types import Request, Result
 
 PICO = 10**12  # pico-dollars per dollar
@@ -80,12 +80,7 @@ class Budget:
             return pico(usage.cost_usd)
         if usage.prompt_tokens is None or usage.completion_tokens is None:
             return worst  # billed, but how much is unknown: count the worst case
-        cost = row_cost(
-            self.prices.get(result.model),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-        )
-        return pico(cost or 0.0)
+        return pico(usage_cost(self.prices.get(result.model), usage) or 0.0)
 
     def message(self) -> str:
         return (

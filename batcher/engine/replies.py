@@ -133,18 +133,45 @@ def completion(data: dict[str, Any], status: int) -> Reply:
 def usage_of(data: dict[str, Any]) -> Usage:
     """The usage of a billed reply: `usage`, or Octen's `meta.usage`. Counts it does not
     state, or states as nonsense (text, NaN, negative, past 2**53), are unknown (None); so
-    is a negative or non-numeric `cost`. Nonsense is warned of once per field."""
+    is a negative or non-numeric `cost`. Nonsense is warned of once per field.
+
+    The details come from OpenAI's `prompt_tokens_details` / `completion_tokens_details`
+    (or `input_tokens_details` / `output_tokens_details`), Octen's top-level
+    `reasoning_tokens` and `num_search_queries`, and Anthropic's `cache_read_input_tokens`,
+    `cache_creation_input_tokens` and `server_tool_use.web_search_requests` as gateways pass
+    them on. Anthropic's own `input_tokens` leave the cache out: `prompt_tokens` is always
+    every input token, cached and written ones included."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         meta = data.get("meta")
         usage = meta.get("usage") if isinstance(meta, dict) else None
     if not isinstance(usage, dict):
         return UNKNOWN_USAGE
+    ins = _details(usage, "prompt_tokens_details", "input_tokens_details")
+    outs = _details(usage, "completion_tokens_details", "output_tokens_details")
     prompt = count(usage, "prompt_tokens", "input_tokens")
     completion_ = count(usage, "completion_tokens", "output_tokens")
+    cached = count(ins, "cached_tokens")
+    read = count(usage, "cache_read_input_tokens")
+    written = count(ins, "cache_write_tokens", "cache_creation_input_tokens")
+    if written is None:
+        written = count(usage, "cache_creation_input_tokens")
+    anthropic = "prompt_tokens" not in usage and not ins and (read, written) != (None, None)
+    if anthropic and prompt is not None:  # input_tokens: the uncached part alone
+        prompt += (read or 0) + (written or 0)
+    if cached is None:
+        cached = read
     total = count(usage, "total_tokens")
-    if total is None and prompt is not None and completion_ is not None:
+    if (total is None or anthropic) and prompt is not None and completion_ is not None:
         total = prompt + completion_
+    reasoning = count(outs, "reasoning_tokens")
+    if reasoning is None:
+        reasoning = count(usage, "reasoning_tokens")
+    searches = count(usage, "num_search_queries")
+    if searches is None:
+        searches = count(_details(usage, "server_tool_use"), "web_search_requests")
+    audio = [count(ins, "audio_tokens"), count(outs, "audio_tokens")]
+    audio_tokens = None if audio == [None, None] else sum(a or 0 for a in audio)
     cost = usage.get("cost")
     if cost is not None:
         ok = isinstance(cost, (int, float)) and not isinstance(cost, bool)
@@ -153,7 +180,18 @@ def usage_of(data: dict[str, Any]) -> Usage:
         else:
             _nonsense("cost", cost)
             cost = None
-    return Usage(prompt, completion_, total, cost)
+    return Usage(
+        prompt, completion_, total, cost, cached, written, reasoning, searches, audio_tokens
+    )
+
+
+def _details(usage: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The first of `names` that is a dict in `usage` ({} when none is)."""
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 def status_error(

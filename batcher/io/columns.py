@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from batcher.errors import UsageError
 from batcher.structured.columns import arrow_fields
-from batcher.types import Result
+from batcher.types import DETAILS, Result
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -34,6 +34,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("total_tokens", pa.int64()),
+        *((name, pa.int64()) for name in DETAILS),
         ("cost_usd", pa.float64()),
         ("latency_s", pa.float64()),
         ("attempts", pa.int32()),
@@ -89,6 +90,8 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         cols["prompt_tokens"].append(usage.prompt_tokens)
         cols["completion_tokens"].append(usage.completion_tokens)
         cols["total_tokens"].append(usage.total_tokens)
+        for name in DETAILS:
+            cols[name].append(getattr(usage, name))
         cols["cost_usd"].append(usage.cost_usd)
         cols["latency_s"].append(r.latency_s)
         cols["ttft_s"].append(r.ttft_s)

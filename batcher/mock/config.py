@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from batcher.mock.faults import FAULT_KINDS
 
 _STYLES = ("openai", "octen")
+USAGE_STYLES = (*_STYLES, "anthropic")  # anthropic: its usage keys passed on by a gateway
 # How 429s for the rpm limit (and other replies) carry rate-limit headers:
 # retry-after     429s say `retry-after` (whole seconds), nothing else does
 # retry-after-ms  429s say `retry-after-ms`, `retry-after` and x-ratelimit-* (limit, remaining)
@@ -32,6 +33,7 @@ class MockConfig:
     usage_style: str = "openai"
     ratelimit_style: str = "retry-after"
     hang_seconds: float = 3600.0
+    cache_window: float = 300.0  # seconds a prompt prefix stays cached after its last use
     seed: int = 0
     log_path: str | None = None
 
@@ -60,8 +62,12 @@ class MockConfig:
             raise ValueError("rpm_schedule needs rpm (the limit before the first change)")
         if self.ratelimit_style not in RATELIMIT_STYLES:
             raise ValueError(f"ratelimit_style must be one of {', '.join(RATELIMIT_STYLES)}")
-        if self.error_style not in _STYLES or self.usage_style not in _STYLES:
-            raise ValueError(f"error_style and usage_style must be one of {', '.join(_STYLES)}")
+        if self.error_style not in _STYLES:
+            raise ValueError(f"error_style must be one of {', '.join(_STYLES)}")
+        if self.usage_style not in USAGE_STYLES:
+            raise ValueError(f"usage_style must be one of {', '.join(USAGE_STYLES)}")
+        if self.cache_window < 0:
+            raise ValueError("cache_window must be >= 0")
 
 
 DEFAULT_CONFIG = MockConfig()

@@ -27,6 +27,7 @@ from batcher.mock.faults import (
 )
 from batcher.mock.limits import RpmWindow
 from batcher.mock.log import LoggedRequest
+from batcher.mock.prompt_cache import PromptCache
 from batcher.mock.replies import (
     Req,
     completion,
@@ -85,6 +86,7 @@ class Planner:
         self.config = config
         self.window = RpmWindow(config.rpm, config.rpm_window, config.rpm_schedule)
         self.faults = FaultPicker(config.seed, config.fail_rate, config.faults)
+        self.prompt_cache = PromptCache(config.cache_window)
         self.in_flight = 0  # admitted attempts being answered on the slow path
         style = config.error_style
         self.unauthorized = error_body(style, 401, *ERROR_KINDS["401"][1:])
@@ -100,6 +102,7 @@ class Planner:
         """Forget the rpm window and directive counts; restart the fault stream."""
         self.window.clear()
         self.faults.reset()
+        self.prompt_cache.clear()
 
     def decide(self, headers: Mapping[str, str], raw: bytes, t: float) -> Plan:
         """Run the checks in order and return the plan for this attempt (no awaits)."""
@@ -166,6 +169,8 @@ class Planner:
             if cfg.ratelimit_style == "headers":
                 headers = self.window.headers(req.t)
         fault, retry = self.faults.pick(req.model, req.texts, directives)
+        if fault is None or fault in REPLY_KINDS or fault in ACTION_KINDS:  # the model ran
+            req.cache = self.prompt_cache.use(req.model, req.texts, req.t)
         plan = self.fault_plan(req, fault, retry, headers)
         plan.admitted = True
         return plan

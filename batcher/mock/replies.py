@@ -43,14 +43,18 @@ def text_of(content: Any) -> str:
     return ""
 
 
+_NOT_IN_REPLY_KEY = ("stream", "stream_options", "prompt_cache_key")
+
+
 class Req:
     """One parsed POST: body, key, texts and how it authenticated.
 
-    `reply_key` (and `digest`) pick the reply: the key of the body without `stream` and
-    `stream_options`, so a streamed request gets the same reply as the plain one.
+    `reply_key` (and `digest`) pick the reply: the key of the body without `stream`,
+    `stream_options` and `prompt_cache_key`, so a streamed request (or one with a cache
+    hint) gets the same reply as the plain one. `cache` is (cached, written) prompt tokens.
     """
 
-    __slots__ = ("auth", "body", "digest", "key", "model", "reply_key", "t", "texts")
+    __slots__ = ("auth", "body", "cache", "digest", "key", "model", "reply_key", "t", "texts")
 
     def __init__(self, t: float, body: Any, key: str, auth: str | None) -> None:
         self.t = t
@@ -59,14 +63,15 @@ class Req:
         self.auth = auth
         ok = isinstance(body, dict)
         self.reply_key = key
-        if ok and ("stream" in body or "stream_options" in body):
-            plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        if ok and any(k in body for k in _NOT_IN_REPLY_KEY):
+            plain = {k: v for k, v in body.items() if k not in _NOT_IN_REPLY_KEY}
             self.reply_key = hashlib.sha256(
                 orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
         self.digest = bytes.fromhex(self.reply_key)
         self.model = body.get("model") if ok and isinstance(body.get("model"), str) else None
         self.texts: list[str] = []  # the text of each message, once the body is valid
+        self.cache = (0, 0)
 
     def last_user_text(self) -> str:
         """The text of the last user message (else of the last message)."""
@@ -147,11 +152,7 @@ def completion(req: Req, fault: str | None, usage_style: str) -> dict[str, Any]:
         completion_text, finish, reasoning_tokens = _alter_message(req, fault, message, finish)
     prompt_tokens = max(1, sum(len(t) for t in req.texts) // 4)
     completion_tokens = max(1, len(completion_text) // 4) + reasoning_tokens
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+    usage = _usage(req, prompt_tokens, completion_tokens, reasoning_tokens, usage_style)
     search = _wants_search(body)
     rid = "chatcmpl-mock-" + req.reply_key[:12]
     out: dict[str, Any] = {
@@ -162,12 +163,11 @@ def completion(req: Req, fault: str | None, usage_style: str) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
     }
     if usage_style == "octen":
-        usage["reasoning_tokens"] = reasoning_tokens
         usage["num_search_queries"] = 1 if search else 0
         out["meta"] = {} if fault == "nousage" else {"usage": usage}
     elif fault != "nousage":
-        if reasoning_tokens:
-            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        if usage_style == "anthropic" and search:
+            usage["server_tool_use"] = {"web_search_requests": 1}
         out["usage"] = usage
     if search:
         out["search_results"] = _search_results(req)
@@ -175,6 +175,32 @@ def completion(req: Req, fault: str | None, usage_style: str) -> dict[str, Any]:
     if fault == "nochoices":
         out["choices"] = []
     return out
+
+
+def _usage(req: Req, prompt: int, completion: int, reasoning: int, style: str) -> dict[str, Any]:
+    """The usage object in `style`: OpenAI's (cached tokens in `prompt_tokens_details`,
+    reasoning tokens in `completion_tokens_details`), Octen's (`reasoning_tokens` at the
+    top) or Anthropic's as a gateway passes it on (`input_tokens` without the cache,
+    `cache_read_input_tokens`, `cache_creation_input_tokens`)."""
+    cached, written = min(req.cache[0], prompt), min(req.cache[1], prompt - req.cache[0])
+    if style == "anthropic":
+        return {
+            "input_tokens": prompt - cached - written,
+            "output_tokens": completion,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": written,
+        }
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if style == "octen":
+        usage["reasoning_tokens"] = reasoning
+    else:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def _alter_message(req: Req, fault: str, message: dict, finish: str) -> tuple[str, str, int]:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from batcher.analysis.cost import (
+    PARTS,
     cost_csv,
     cost_dict,
     cost_groups,
@@ -49,8 +50,8 @@ def test_packaged_prices_known_and_unknown():
     table = PriceTable.load(env=NO_ENV)
     assert table.get("gpt-4o") == Price(2.5, 10.0, cached_input_per_million=1.25)
     assert table.get("gpt-4o-mini") == Price(0.15, 0.6, cached_input_per_million=0.075)
-    assert table.get("claude-3-5-sonnet-20241022") == Price(3.0, 15.0)
-    assert table.get("claude-3-5-haiku-20241022") == Price(0.8, 4.0)
+    assert table.get("claude-3-5-sonnet-20241022") == Price(3.0, 15.0, 0.3, 3.75)
+    assert table.get("claude-3-5-haiku-20241022") == Price(0.8, 4.0, 0.08, 1.0)
     # no published price known: an honest null, never $0
     for model in ("openai/gpt-5.5", "anthropic/claude-opus-4.8", "google/gemini-3.5-flash"):
         assert table.get(model) is None
@@ -348,6 +349,14 @@ def groups_table():
     )
 
 
+# What a group says of the usage details and the bill's parts when no row stated any.
+UNSTATED = {
+    **dict.fromkeys(("cached_tokens", "cache_write_tokens", "reasoning_tokens")),
+    **dict.fromkeys(("search_queries", "audio_tokens", "cache_hit_rate", "saved_by_cache_usd")),
+    **{f"cost_{p}_usd": None for p in PARTS},
+}
+
+
 def group(key, requests, ok, errors, prompt, completion, total, cost, unpriced=0, models=()):
     """The `batcher cost --json` form of a group with these figures."""
     return {
@@ -361,6 +370,7 @@ def group(key, requests, ok, errors, prompt, completion, total, cost, unpriced=0
         "cost_usd": cost,
         "unpriced_requests": unpriced,
         "unpriced_models": list(models),
+        **UNSTATED,
     }
 
 
@@ -459,23 +469,27 @@ def test_render_cost():
     ]
 
 
+DETAIL_HEADER = "cached_tokens,cache_write_tokens,reasoning_tokens,search_queries,audio_tokens"
+SPLIT_HEADER = ",".join(f"cost_{p}_usd" for p in PARTS) + ",cache_hit_rate,saved_by_cache_usd"
+
+
 def test_cost_csv():
     by = ["model", "param_temperature"]
     groups, total = cost_groups(groups_table(), by=by)
     assert cost_csv(groups, total, by) == (
         "model,param_temperature,requests,ok,errors,prompt_tokens,completion_tokens,"
-        "total_tokens,cost_usd,unpriced_requests\n"
-        "a,0.5,2,2,0,30,15,45,0.75,0\n"
-        "a,1.0,1,0,1,0,0,0,0.0,0\n"
-        "b,0.5,1,1,0,40,20,60,,1\n"
-        "b,1.0,1,0,1,0,0,0,0.0,0\n"
-        "b,,1,1,0,8,4,12,0.125,0\n"
-        "total,,6,4,2,78,39,117,0.875,1\n"
+        f"total_tokens,{DETAIL_HEADER},cost_usd,{SPLIT_HEADER},unpriced_requests\n"
+        "a,0.5,2,2,0,30,15,45,,,,,,0.75,,,,,,,,,0\n"
+        "a,1.0,1,0,1,0,0,0,,,,,,0.0,,,,,,,,,0\n"
+        "b,0.5,1,1,0,40,20,60,,,,,,,,,,,,,,,1\n"
+        "b,1.0,1,0,1,0,0,0,,,,,,0.0,,,,,,,,,0\n"
+        "b,,1,1,0,8,4,12,,,,,,0.125,,,,,,,,,0\n"
+        "total,,6,4,2,78,39,117,,,,,,0.875,,,,,,,,,1\n"
     )
     _, total = cost_groups(groups_table(), by=())
     assert cost_csv([], total, ()) == (
-        "requests,ok,errors,prompt_tokens,completion_tokens,total_tokens,cost_usd,"
-        "unpriced_requests\n6,4,2,78,39,117,0.875,1\n"
+        f"requests,ok,errors,prompt_tokens,completion_tokens,total_tokens,{DETAIL_HEADER},"
+        f"cost_usd,{SPLIT_HEADER},unpriced_requests\n6,4,2,78,39,117,,,,,,0.875,,,,,,,,,1\n"
     )
 
 
@@ -495,6 +509,8 @@ def test_cost_json():
                 "completion_tokens": 15,
                 "total_tokens": 45,
                 "cost_usd": 0.75,
+                **UNSTATED,
+                **UNSTATED,
                 "unpriced_requests": 0,
                 "unpriced_models": [],
             },
@@ -507,6 +523,8 @@ def test_cost_json():
                 "completion_tokens": 24,
                 "total_tokens": 72,
                 "cost_usd": 0.125,
+                **UNSTATED,
+                **UNSTATED,
                 "unpriced_requests": 1,
                 "unpriced_models": ["b"],
             },
@@ -520,6 +538,7 @@ def test_cost_json():
             "completion_tokens": 39,
             "total_tokens": 117,
             "cost_usd": 0.875,
+            **UNSTATED,
             "unpriced_requests": 1,
             "unpriced_models": ["b"],
         },
@@ -532,3 +551,62 @@ def test_cost_groups_by_a_column_that_cannot_be_grouped():
     with pytest.raises(UsageError) as info:
         cost_groups(table, by=["tags"])
     assert str(info.value) == "--by: cannot group by tags (list<item: int64>)"
+
+
+def test_every_part_priced_exactly_as_row_cost():
+    from batcher.analysis.cost import cost_split
+    from batcher.prices import Price, PriceTable, row_cost
+
+    price = Price(2.0, 8.0, 0.5, 2.5, 12.0, 0.02)
+    table = pa.table(
+        {
+            "model": ["m", "m", "m"],
+            "status": ["ok"] * 3,
+            "prompt_tokens": [3000, 1200, 10],
+            "completion_tokens": [400, 90, 5],
+            "cached_tokens": [2048, None, 0],
+            "cache_write_tokens": [512, None, None],
+            "reasoning_tokens": [300, 10, None],
+            "search_queries": [2, None, 1],
+        }
+    )
+    prices = PriceTable({"m": price})
+    got = price_table(table, prices).to_pylist()
+    counts = [
+        dict(
+            prompt_tokens=3000,
+            completion_tokens=400,
+            cached_tokens=2048,
+            cache_write_tokens=512,
+            reasoning_tokens=300,
+            search_queries=2,
+        ),
+        dict(prompt_tokens=1200, completion_tokens=90, reasoning_tokens=10),
+        dict(prompt_tokens=10, completion_tokens=5, search_queries=1),
+    ]
+    assert got == [row_cost(price, **c) for c in counts]  # to the last bit
+    by_hand = (440 * 2.0 + 2048 * 0.5 + 512 * 2.5 + 100 * 8.0 + 300 * 12.0) / 1e6 + 2 * 0.02
+    assert got[0] == pytest.approx(by_hand, rel=1e-15)
+    split = {k: v.to_pylist() for k, v in cost_split(table, prices).items()}
+    assert split["input"][0] == pytest.approx(440 * 2.0 / 1e6)
+    assert split["cached_input"][0] == pytest.approx(2048 * 0.5 / 1e6)
+    assert split["cache_write"][0] == pytest.approx(512 * 2.5 / 1e6)
+    assert split["output"][0] == pytest.approx(100 * 8.0 / 1e6)
+    assert split["reasoning"][0] == pytest.approx(300 * 12.0 / 1e6)
+    assert split["search"] == [pytest.approx(0.04), 0.0, pytest.approx(0.02)]
+    assert split["saved"][0] == pytest.approx(2048 * 1.5 / 1e6)
+
+
+def test_searches_without_a_search_price_leave_the_cost_unknown():
+    from batcher.prices import Price, PriceTable
+
+    table = pa.table(
+        {
+            "model": ["m", "m"],
+            "prompt_tokens": [10, 10],
+            "completion_tokens": [5, 5],
+            "search_queries": [1, 0],
+        }
+    )
+    got = price_table(table, PriceTable({"m": Price(2.0, 8.0)})).to_pylist()
+    assert got == [None, (10 * 2.0 + 5 * 8.0) / 1e6]

@@ -23,6 +23,7 @@ from batcher.analysis.report import (
 from batcher.analysis.text import in_ms, seconds
 from batcher.analysis.totals import model_order
 from batcher.errors import UsageError
+from tests.analysis.test_cost import UNSTATED
 
 WHEN = datetime(2025, 3, 4, 5, 6, tzinfo=timezone.utc)
 
@@ -108,6 +109,7 @@ def test_default_groups_by_model_and_every_param_column():
         "latency_p95": pytest.approx(2.9, rel=1e-12),
         "accuracy": 0.5,  # right: 1 (stripped, case), 5 (cached); wrong: 2, 4 (error); 3 skipped
         "accuracy_n": 4,
+        **UNSTATED,
     }
     assert (b.requests, b.ok, b.errors) == (3, 1, 2)
     assert b.errors_by_type == {"rate_limited": 1, "unknown": 1}
@@ -336,6 +338,7 @@ def test_to_dict_is_json_ready():
         "latency_p95": pytest.approx(2.9, rel=1e-12),
         "accuracy": 0.5,
         "accuracy_n": 4,
+        **UNSTATED,
     }
     assert d["total"]["key"] == {} and d["total"]["accuracy_n"] == 8
 

@@ -117,6 +117,8 @@ def test_reply_has_openai_shape_and_is_deterministic() -> None:
         "prompt_tokens": 5,  # 22 characters // 4
         "completion_tokens": len(content) // 4,
         "total_tokens": 5 + len(content) // 4,
+        "prompt_tokens_details": {"cached_tokens": 0},  # a prompt under 1,024 tokens
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
 
