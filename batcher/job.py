@@ -120,6 +120,9 @@ class Job:
             on_bad_row=spec.on_bad_row,
             body_columns=spec.body_columns,
             models_given=bool(spec.models),
+            cache_key=self.provider.cache_key
+            if spec.prompt_cache_key is None
+            else spec.prompt_cache_key,
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
         self.source: InputFile | InputSet | None = None  # as read (a stream: its copy)
@@ -231,7 +234,11 @@ class Job:
                 self.engine = self._on_ray(stack, base_url, learned, budget)
             else:
                 engine = Engine(self.endpoint(base_url), self._settings())
-                requests = spool.todo_requests(job_dir.spool)
+                requests = (
+                    spool.todo_requests(job_dir.spool)
+                    if spec.cache_aware is False
+                    else spool.grouped_requests(job_dir.spool, lead=spec.concurrency)
+                )
                 self.engine = engine.start(
                     requests, known=self.cache, budget=budget, learned=learned
                 )

@@ -30,12 +30,15 @@ class Provider:
     key_env: str | None
     key_required: bool = True
     default_model: str | None = None  # used when neither -m nor the row names a model
+    cache_key: bool = False  # accepts OpenAI's `prompt_cache_key` body key
 
 
 PRESETS: dict[str, Provider] = {
     "octen": Provider("octen", "https://api.octen.ai/v1", X_API_KEY, "OCTEN_API_KEY"),
     "octopusx": Provider("octopusx", "https://octopusx.ai/v1", BEARER, "OCTOPUSX_API_KEY"),
-    "openai": Provider("openai", "https://api.openai.com/v1", BEARER, "OPENAI_API_KEY"),
+    "openai": Provider(
+        "openai", "https://api.openai.com/v1", BEARER, "OPENAI_API_KEY", cache_key=True
+    ),
     "mock": Provider(
         "mock", None, BEARER, "BATCHER_MOCK_API_KEY", key_required=False, default_model="mock-1"
     ),
@@ -102,6 +105,7 @@ def resolve_provider(
         key_env=api_key_env or preset.key_env,
         key_required=preset.key_required or api_key_env is not None,
         default_model=preset.default_model,
+        cache_key=preset.cache_key or urlsplit(base_url or "").hostname == "api.openai.com",
     )
 
 

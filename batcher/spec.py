@@ -82,6 +82,8 @@ class JobSpec:
     prices: Path | None = None  # price table added to the packaged one (and $BATCHER_PRICES)
     max_cost: float | None = None  # USD budget: stop sending before passing it
     dry_run: bool = False
+    cache_aware: bool | None = None  # group rows by prompt prefix (None: on, off on Ray)
+    prompt_cache_key: bool | None = None  # None: sent where the provider takes one (OpenAI)
     # where it runs
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # "local", "auto", "ray://..." or host:port; None: local
@@ -112,6 +114,8 @@ class JobSpec:
             if key in named or key in self.params:
                 other = named.get(key) or f"--param {key}"
                 raise UsageError(f"--sweep {key} and {other} both set {key!r}; give one")
+        if self.cache_aware and self.engine == "ray":
+            raise UsageError("--cache-aware works with --engine local; Ray sends in block order")
         if self.reask < 0:
             raise UsageError("--reask must be 0 or more")
         if self.json and self.schema is not None:

@@ -76,6 +76,7 @@ class Request:
     sample: int = 0
     bad_input: str | None = None  # set (and never sent) under --on-bad-row skip
     variant: int = 0  # position of its parameter combination in the --sweep grid
+    cache_prefix: str | None = None  # key of its first 1,024 tokens (`cache_prefix`)
 
     @property
     def body(self) -> dict[str, Any]:

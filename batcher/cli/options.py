@@ -247,6 +247,18 @@ JOB_OPTIONS = [
         show_default=True,
         help="...or every S seconds.",
     ),
+    click.option(
+        "--cache-aware/--no-cache-aware",
+        default=None,
+        help="Send rows sharing a prompt prefix of 1,024+ tokens one after another, for the "
+        "provider's prompt cache; OUT keeps input order [default: on; off on Ray].",
+    ),
+    click.option(
+        "--prompt-cache-key/--no-prompt-cache-key",
+        default=None,
+        help="Send prompt_cache_key (OpenAI's routing hint), named after the shared prefix "
+        "[default: on for api.openai.com].",
+    ),
     click.option("--keep-job-dir", is_flag=True, help="Keep OUT.batcher/ after success."),
     click.option("--fresh", is_flag=True, help="Discard earlier results for OUT and start over."),
     click.option(

@@ -30,7 +30,14 @@ from batcher.errors import UsageError, quote
 from batcher.io.input_schema import compact_json
 from batcher.io.inputs import RowBatch
 from batcher.io.templates import RowProblem, compile_template
-from batcher.types import Request, canonical_json, estimate_tokens, max_tokens_of, request_hash
+from batcher.types import (
+    Request,
+    cache_prefix,
+    canonical_json,
+    estimate_tokens,
+    max_tokens_of,
+    request_hash,
+)
 
 # CSV has no types: body-column values are read as JSON when they parse ("0.2" -> 0.2).
 CSV_TEXT_KEYS = frozenset({"model", "user", "reasoning_effort", "service_tier", "verbosity"})
@@ -58,6 +65,7 @@ class RequestSpec:
     # row columns sent as body keys of the same name (the row's own `model`, `temperature`)
     body_columns: tuple[str, ...] = ()
     models_given: bool = True  # False: `models` is the provider's default, not the user's
+    cache_key: bool = False  # send OpenAI's prompt_cache_key on rows with a cacheable prefix
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
@@ -88,6 +96,7 @@ class _Plan:
     base: dict[str, Any]  # the body without "model"
     est_prompt_tokens: int
     max_tokens: int | None
+    prefix: str | None  # `cache_prefix` of its messages
 
 
 def unread_id(batch: RowBatch, i: int, source: str) -> str:
@@ -171,7 +180,9 @@ class RequestBuilder:
             messages = self._messages(row, is_csv)
             base = {"messages": messages, **self.params, **overrides}
         targets = self._targets(model)
-        return _Plan(row_id, targets, base, estimate_tokens(base["messages"]), max_tokens_of(base))
+        messages = base["messages"]
+        prefix = cache_prefix(messages)
+        return _Plan(row_id, targets, base, estimate_tokens(messages), max_tokens_of(base), prefix)
 
     def _batch_line(self, row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """An OpenAI Batch API line: its body over the job params; null means no override."""
@@ -257,6 +268,8 @@ class RequestBuilder:
                     body = {"model": model, **plan.base, **combination}
                     if seeded and k:
                         body["seed"] = seed + k
+                    if spec.cache_key and plan.prefix and "prompt_cache_key" not in body:
+                        body["prompt_cache_key"] = f"batcher-{plan.prefix}"
                     payload = _payload(body)
                     out.append(
                         Request(
@@ -270,6 +283,7 @@ class RequestBuilder:
                             max_tokens_of(body),
                             k,
                             variant=variant,
+                            cache_prefix=plan.prefix,
                         )
                     )
         return out

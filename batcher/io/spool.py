@@ -15,8 +15,10 @@ its key and fingerprint alone.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,7 @@ SCHEMA = pa.schema(
         ("bad_input", pa.string()),
         ("todo", pa.bool_()),
         ("payload", pa.binary()),
+        ("prefix", pa.string()),
     ]
 )
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -78,6 +81,7 @@ class SpoolWriter:
             [r.bad_input for r in requests],
             todo,
             [r.payload if send else None for r, send in zip(requests, todo)],
+            [r.cache_prefix for r in requests],
         ]
         arrays = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA)]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA))
@@ -104,6 +108,75 @@ def todo_requests(path: Path) -> Iterator[Request]:
         yield from requests_in(batch)
 
 
+GROUP_ROWS = 100_000  # requests grouped at a time by `grouped_requests`...
+GROUP_BYTES = 256 << 20  # ...or fewer, up to this many bytes of bodies
+
+
+def grouped_requests(path: Path, lead: int) -> Iterator[Request]:
+    """The requests still to send, ordered for the provider's prompt cache (`--cache-aware`).
+
+    Requests of one model sharing a cacheable prefix form a group: its first request (the
+    one that writes the cache) goes out `lead` places ahead of the rest, and the rest
+    together. With `lead` the requests in flight, the first has been answered, its prefix
+    cached, when the rest go out; requests without a shared prefix fill the gaps. Window by
+    window of `GROUP_ROWS` requests or `GROUP_BYTES` of bodies in input order (memory: one
+    window); a group still going at the end of a window goes on first in the next."""
+    pending: list[pa.RecordBatch] = []
+    rows = size = 0
+    last = None
+    for batch in todo_batches(path):
+        pending.append(batch)
+        rows += batch.num_rows
+        size += batch.column("payload").nbytes
+        if rows >= GROUP_ROWS or size >= GROUP_BYTES:
+            table, last = _grouped(pa.Table.from_batches(pending), last, lead)
+            pending, rows, size = [], 0, 0
+            yield from requests_in(table)
+    if pending:
+        table, _ = _grouped(pa.Table.from_batches(pending), last, lead)
+        yield from requests_in(table)
+
+
+def _grouped(table: pa.Table, last: str | None, lead: int) -> tuple[pa.Table, str | None]:
+    """The window's rows in `grouped_requests`' order, and the key of the request sent last."""
+    keys = pc.binary_join_element_wise(table["model"], table["prefix"], "\x00").to_pylist()
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(i if key is None else key, []).append(i)  # type: ignore[arg-type]
+    out = groups.pop(last, []) if last is not None else []  # its cache is warm
+    fillers: deque[int] = deque()  # requests sharing no prefix in this window
+    heads: list[Any] = []  # the groups of several requests, in order of their first
+    rest: list[tuple[Any, int]] = []  # the others of each group, group after group
+    starts: list[int] = []  # where each head's group begins in `rest`
+    for key, members in groups.items():
+        if len(members) == 1:
+            fillers.append(members[0])
+            continue
+        heads.append(key)
+        starts.append(len(rest))
+        rest.extend((key, m) for m in members[1:])
+    sent: dict[Any, int] = {}  # where each head went in `out`
+    h = i = 0
+    while i < len(rest):
+        if h < len(heads) and starts[h] - i <= lead:  # its group is close: the head now
+            sent[heads[h]] = len(out)
+            out.append(groups[heads[h]][0])
+            h += 1
+            continue
+        key, row = rest[i]
+        if len(out) - sent[key] >= lead or not (fillers or h < len(heads)):
+            out.append(row)
+            i += 1
+        elif fillers:
+            out.append(fillers.popleft())
+        else:  # nothing else to send meanwhile: the next group's head, early
+            sent[heads[h]] = len(out)
+            out.append(groups[heads[h]][0])
+            h += 1
+    out.extend(fillers)
+    return table.take(np.array(out, dtype=np.int64)), keys[out[-1]] if out else last
+
+
 def todo_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """The spool's batches of requests still to send (their rows only), in input order."""
     for batch in batches(path):
@@ -116,9 +189,9 @@ def todo_batches(path: Path) -> Iterator[pa.RecordBatch]:
 def requests_in(batch: pa.RecordBatch | pa.Table) -> Iterator[Request]:
     """The requests of spool rows."""
     columns = [batch.column(name).to_pylist() for name in _REQUEST_FIELDS]
-    for row, rid, model, mi, payload, rhash, est, most, sample, bad, variant in zip(*columns):
+    for row, rid, model, mi, payload, rhash, est, most, sample, bad, variant, pre in zip(*columns):
         yield Request(
-            row, rid, model, mi, payload or b"", rhash or "", est, most, sample, bad, variant
+            row, rid, model, mi, payload or b"", rhash or "", est, most, sample, bad, variant, pre
         )
 
 
@@ -135,6 +208,7 @@ _REQUEST_FIELDS = (
     "sample",
     "bad_input",
     "_variant",
+    "prefix",
 )
 _KEYS = pa.schema([f for f in SCHEMA if f.name != "payload"])
 

@@ -170,7 +170,7 @@ class Planner:
                 headers = self.window.headers(req.t)
         fault, retry = self.faults.pick(req.model, req.texts, directives)
         if fault is None or fault in REPLY_KINDS or fault in ACTION_KINDS:  # the model ran
-            req.cache = self.prompt_cache.use(req.model, req.texts, req.t)
+            req.cache = self.prompt_cache.use(req.model, req.texts, req.t, cfg.latency)
         plan = self.fault_plan(req, fault, retry, headers)
         plan.admitted = True
         return plan
