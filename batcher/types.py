@@ -154,27 +154,41 @@ def estimate_tokens(messages: Any) -> int:
 CACHEABLE_TOKENS = 1024  # the shortest prefix OpenAI and Anthropic cache (estimated tokens)
 
 
-def cache_prefix(messages: Any, tokens: int = CACHEABLE_TOKENS) -> str | None:
-    """A key of the prompt's first `tokens` (roles and texts, in order; 4 characters a
-    token, as `estimate_tokens` counts): prompts with the same key share a prefix a provider
-    can cache. None for a shorter prompt, or content that is not text."""
-    chars, parts = tokens * 4, []
-    for message in messages if isinstance(messages, list) else ():
+def cache_prefix(messages: Any) -> str | None:
+    """A key of the prompt's first `CACHEABLE_TOKENS`: prompts with the same key share a
+    prefix a provider can cache. None for a shorter prompt, or content that is not text."""
+    keys = prefix_keys(messages, (CACHEABLE_TOKENS,))
+    return keys[0][0] if keys else None
+
+
+def prefix_keys(messages: Any, levels: Sequence[int]) -> list[tuple[str, int]]:
+    """For each of the ascending token counts in `levels` the prompt reaches, a key of its
+    first that many tokens (roles and texts, in order; 4 characters a token, as
+    `estimate_tokens` counts) and the index of the message where they end. [] for content
+    that is not text (an image or audio part: where its tokens fall is unknown)."""
+    digest = hashlib.blake2b(digest_size=8)
+    out: list[tuple[str, int]] = []
+    fed, want = 0, [n * 4 for n in levels]
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             texts = [p.get("text") for p in content if isinstance(p, dict)]
             if not all(isinstance(t, str) for t in texts):
-                return None  # an image or audio part: where its tokens fall is unknown
+                return []
             content = "".join(texts)
         if not isinstance(content, str):
-            return None
-        parts.append(f"{message.get('role')}\x1f")
-        parts.append(content[:chars])
-        chars -= len(content)
-        if chars <= 0:
-            digest = hashlib.blake2b("\x1e".join(parts).encode(), digest_size=8)
-            return digest.hexdigest()
-    return None
+            return []
+        digest.update(f"{message.get('role')}\x1f".encode())
+        while want and fed + len(content) >= want[0]:
+            cut = want.pop(0) - fed
+            done = digest.copy()
+            done.update(content[:cut].encode())
+            out.append((done.hexdigest(), i))
+        digest.update(content.encode() + b"\x1e")
+        fed += len(content)
+        if not want:
+            break
+    return out
 
 
 def max_tokens_of(body: Mapping[str, Any]) -> int | None:

@@ -4,7 +4,9 @@ Tokens: the prompt estimate is the scan's (characters / 4); a reply is `typical_
 (150 by default), capped by the model's max_tokens total when every request has one. The
 cost range per model is prompt + typical replies (low) to prompt + max_tokens (high; unknown
 without max_tokens on every request), at list prices from a `PriceTable`. Models without a
-price are named in `unpriced` and left out of the totals.
+price are named in `unpriced` and left out of the totals. With the shared prefixes the
+pass found (`analysis.prefixes`), each cost also comes with cache hits: the cached tokens a
+warm prompt cache would give (a lower bound) at the cached-input rate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from batcher.analysis.prefixes import SharedPrefixes
 from batcher.analysis.text import aligned, duration, money
 from batcher.errors import UsageError
 from batcher.io.check import InputScan
@@ -31,6 +34,9 @@ class ModelEstimate:
     completion_tokens_typical: int  # requests x typical reply tokens, capped by the max
     cost_low: float | None  # prompt + typical replies; None without a price
     cost_high: float | None  # prompt + max_tokens; None without a price or max_tokens
+    cached_tokens: int | None = None  # prompt tokens a warm cache would give, at least
+    cost_low_cached: float | None = None  # cost_low with those tokens at the cached rate
+    cost_high_cached: float | None = None
 
     @property
     def priced(self) -> bool:
@@ -53,6 +59,19 @@ class Estimate:
     typical_reply_tokens: int = 150
     combinations: int = 1  # of the --sweep grid
     samples: int = 1
+    shared: SharedPrefixes | None = None  # the prefixes rows share (None: not looked for)
+
+    @property
+    def cached_tokens(self) -> int | None:
+        return None if self.shared is None else sum(m.cached_tokens or 0 for m in self.models)
+
+    @property
+    def cost_low_cached(self) -> float | None:
+        return _total([m.cost_low_cached for m in self.models if m.priced])
+
+    @property
+    def cost_high_cached(self) -> float | None:
+        return _total([m.cost_high_cached for m in self.models if m.priced])
 
     @property
     def completion_tokens_typical(self) -> int:
@@ -70,6 +89,10 @@ class Estimate:
             "typical_reply_tokens": self.typical_reply_tokens,
             "cost_low": self.cost_low,
             "cost_high": self.cost_high,
+            "cached_tokens": self.cached_tokens,
+            "cost_low_cached": self.cost_low_cached,
+            "cost_high_cached": self.cost_high_cached,
+            "shared_prefixes": None if self.shared is None else self.shared.to_dict(),
             "unpriced": list(self.unpriced),
             "duration_s": self.duration_s,
             "duration_basis": self.duration_basis,
@@ -77,8 +100,14 @@ class Estimate:
         }
 
 
-def _cost(price: Price, prompt: int, completion: int) -> float:
-    return (prompt * price.input_per_million + completion * price.output_per_million) / 1e6
+def _cost(price: Price, prompt: int, completion: int, cached: int = 0) -> float:
+    uncached = (prompt - cached) * price.input_per_million + cached * price.cached_rate
+    return (uncached + completion * price.output_per_million) / 1e6
+
+
+def _total(costs: list[float | None]) -> float | None:
+    """The sum, or None when there is nothing to add or any part is unknown."""
+    return None if not costs or None in costs else sum(costs)  # type: ignore[arg-type]
 
 
 def _num(x: float) -> str:
@@ -103,6 +132,7 @@ def estimate(
     completion_allowance: int = COMPLETION_ALLOWANCE,
     combinations: int = 1,
     samples: int = 1,
+    shared: SharedPrefixes | None = None,
 ) -> Estimate:
     """Tokens, cost range and duration of the job that `scan` describes.
 
@@ -137,13 +167,22 @@ def estimate(
         if cmax is not None:
             typical = min(typical, cmax)
         price = prices.get(name)
+        prompt = count.est_prompt_tokens
+        cached = None if shared is None else min(shared.cached_tokens.get(name, 0), prompt)
+        low = high = low_cached = high_cached = None
         if price is None:
             unpriced.append(name)
-            low = high = None
         else:
-            low = _cost(price, count.est_prompt_tokens, typical)
-            high = None if cmax is None else _cost(price, count.est_prompt_tokens, cmax)
-        models.append(ModelEstimate(name, n, count.est_prompt_tokens, cmax, typical, low, high))
+            low = _cost(price, prompt, typical)
+            high = None if cmax is None else _cost(price, prompt, cmax)
+            if cached is not None:
+                low_cached = _cost(price, prompt, typical, cached)
+                high_cached = None if cmax is None else _cost(price, prompt, cmax, cached)
+        models.append(
+            ModelEstimate(
+                name, n, prompt, cmax, typical, low, high, cached, low_cached, high_cached
+            )
+        )
         tokens = count.est_prompt_tokens + (n * completion_allowance if cmax is None else cmax)
         charged += tokens
         own = limits.get(name, {})
@@ -186,6 +225,7 @@ def estimate(
         typical_reply_tokens=typical_reply_tokens,
         combinations=combinations,
         samples=samples,
+        shared=shared,
     )
 
 
@@ -236,7 +276,33 @@ def render_estimate(est: Estimate) -> list[str]:
         lines.append("(totals cover priced models only)")
     if any(m.priced and m.cost_high is None for m in est.models):
         lines.append("cost high: unknown without max_tokens on every request (--max-tokens)")
+    lines += _cache_lines(est)
     lines.append(f"duration: ~{duration(est.duration_s)} ({est.duration_basis})")
     if est.unpriced:
         lines.append(f"no price for: {', '.join(est.unpriced)} {UNPRICED_HINT}")
+    return lines
+
+
+def _cache_lines(est: Estimate) -> list[str]:
+    """The shared prefixes, and the cost range with cache hits, when rows share any."""
+    shared = est.shared
+    if shared is None or not shared.groups:
+        return []
+    lines = [
+        f"shared prefixes: {shared.shared:,} of 1,024+ tokens, over {shared.sharing:,} requests"
+        + (f"; the largest {len(shared.groups)}:" if shared.shared > len(shared.groups) else ":")
+    ]
+    for g in shared.groups:
+        lines.append(
+            f"  {g.requests:,} requests to {g.model} share their first {g.tokens:,}+ tokens "
+            f"({g.where}, first at row {g.first_id!r})"
+        )
+    if est.cost_low_cached is not None:
+        high = money(est.cost_high_cached) if est.cost_high_cached is not None else "-"
+        lines.append(
+            f"with cache hits: {money(est.cost_low_cached)} to {high} "
+            f"(~{est.cached_tokens:,}+ prompt tokens cached, at the cached-input price)"
+        )
+    if not shared.complete:
+        lines.append("(more distinct prefixes than could be compared: cached tokens at least)")
     return lines

@@ -45,6 +45,7 @@ def estimate(
     Sends nothing and needs no key."""
     from batcher.analysis.estimate import estimate as make_estimate
     from batcher.analysis.estimate import render_estimate
+    from batcher.analysis.prefixes import PrefixCounter
     from batcher.analysis.tokens import ENCODING, TokenCounter
     from batcher.io.rows import sweep_grid
     from batcher.job import Job
@@ -54,9 +55,16 @@ def estimate(
         spec = make_spec(**spec_options(ctx, opts))
         job = Job(spec, need_key=False)
         counter = TokenCounter.offline()
+        prefixes = PrefixCounter()
+
+        def sink(*args: Any) -> None:
+            prefixes(*args)
+            if counter is not None:
+                counter(*args)
+
         with tempfile.TemporaryDirectory(prefix="batcher-input-") as folder:
             asyncio.run(job.open_input(Path(folder)))
-            found = job.check(counter)
+            found = job.check(sink)
         if counter is not None:
             found = counter.recount(found)
         counted = f"tiktoken {ENCODING}" if counter is not None else "characters / 4"
@@ -71,6 +79,7 @@ def estimate(
             typical_reply_tokens=typical_reply_tokens,
             combinations=len(sweep_grid(spec.sweep)),
             samples=spec.samples,
+            shared=prefixes.found(),
         )
     except BatcherError as exc:
         raise CliError.of(exc) from None
@@ -97,6 +106,8 @@ RUN_ONLY = frozenset(
         "fresh",
         "retry_errors",
         "cache",
+        "cache_aware",
+        "prompt_cache_key",
         "max_cost",
         "api_key_env",
         "api_key_file",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batcher.io.spool import _grouped
 
@@ -88,3 +91,53 @@ def test_cache_aware_on_ray_is_an_error(cli, tmp_path):
     assert result.exit_code == 2
     assert "--cache-aware works with --engine local" in result.stderr
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_estimate_names_the_shared_prefix_and_prices_the_hits(cli, tmp_path):
+    system = "Label the ticket. " * 300  # 5,400 characters: its first 1,024 tokens shared
+    data = tmp_path / "in.jsonl"
+    lines = [
+        {
+            "id": f"r{i}",
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"ticket {i}"},
+            ],
+        }
+        for i in range(3)
+    ]
+    lines.append({"id": "short", "prompt": "hello there"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        '["m"]\ninput_per_million = 2.0\noutput_per_million = 8.0\n'
+        "cached_input_per_million = 0.5\n",
+        encoding="utf-8",
+    )
+    args = ("estimate", data, "-m", "m", "--prices", prices, "--max-tokens", "10")
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "shared prefixes: 1 of 1,024+ tokens, over 3 requests:" in out
+    assert (
+        "  3 requests to m share their first 1,024+ tokens (the system prompt, first at row 'r0')"
+        in out
+    )
+    doc = json.loads(cli(*args, "--json").stdout)
+    assert doc["cached_tokens"] == 2048  # the second and third request: 1,024 each
+    assert doc["cost_low_cached"] == pytest.approx(doc["cost_low"] - 2048 * 1.5 / 1e6)
+    assert doc["cost_high_cached"] == pytest.approx(doc["cost_high"] - 2048 * 1.5 / 1e6)
+    assert doc["shared_prefixes"]["groups"] == [
+        {
+            "model": "m",
+            "requests": 3,
+            "tokens": 1024,
+            "where": "the system prompt",
+            "first_id": "r0",
+        }
+    ]
+    low, high = (f"${doc[k]:.4f}" for k in ("cost_low_cached", "cost_high_cached"))
+    assert (
+        f"with cache hits: {low} to {high} (~2,048+ prompt tokens cached, at the "
+        "cached-input price)" in out
+    )
