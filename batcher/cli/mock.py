@@ -51,6 +51,21 @@ from batcher.cli.options import CliError
     help="Report prompt prefixes of 1,024+ tokens seen this recently as cached (0: never).",
 )
 @click.option(
+    "--batch-step",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Batch API: how long each phase of a batch takes (validating, in progress, ...).",
+)
+@click.option(
+    "--batch-faults",
+    metavar="F,...",
+    default="",
+    help="Batch API: a fault per batch created, in order: none, expire:K, invalid, "
+    "no_output, finalizing[:S], gone.",
+)
+@click.option(
     "--rpm-window",
     type=float,
     metavar="SECONDS",
@@ -90,6 +105,9 @@ def mock_server(host: str, port: int, api_key_env: str | None, faults: str, **op
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
     try:
         opts["rpm_schedule"] = _schedule(opts["rpm_schedule"])
+        opts["batch_faults"] = tuple(
+            f.strip() for f in opts["batch_faults"].split(",") if f.strip()
+        )
         config = MockConfig(api_key=api_key, faults=kinds, **opts)
     except ValueError as exc:
         raise CliError(str(exc)) from None

@@ -31,7 +31,8 @@ reasoning tokens for the ``reasoning`` fault).
 Modules: ``config`` (MockConfig), ``faults`` (kinds, directives, error bodies),
 ``values`` (JSON Schema instances), ``replies`` (completions and SSE events), ``limits``
 (the rpm window), ``log`` (the request log), ``planning`` (the checks and answer of an
-attempt), ``writers`` (slow-path bodies) and ``server`` (the app and the ways to run it).
+attempt), ``writers`` (slow-path bodies), ``batches`` (the Batch API: files, batches, their
+clock and batch-level faults) and ``server`` (the app and the ways to run it).
 """
 
 from batcher.mock.config import MockConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batcher.mock.faults import FAULT_KINDS
+from batcher.mock.faults import FAULT_KINDS, parse_batch_fault
 
 _STYLES = ("openai", "octen")
 USAGE_STYLES = (*_STYLES, "anthropic")  # anthropic: its usage keys passed on by a gateway
@@ -34,12 +34,21 @@ class MockConfig:
     ratelimit_style: str = "retry-after"
     hang_seconds: float = 3600.0
     cache_window: float = 300.0  # seconds a prompt prefix stays cached after its last use
+    batch_step: float = 1.0  # seconds each Batch API phase takes (validating, ...)
+    batch_faults: tuple[str, ...] = ()  # the i-th for the i-th batch (`mock.batches`)
+    batch_max_requests: int = 50_000  # requests in one batch file, at most
+    batch_max_bytes: int = 200 * 1024 * 1024  # size of one batch file, at most
     seed: int = 0
     log_path: str | None = None
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work (ValueError); store `faults` as a tuple."""
         object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "batch_faults", tuple(self.batch_faults))
+        for spec in self.batch_faults:
+            parse_batch_fault(spec)
+        if self.batch_step < 0 or self.batch_max_requests < 1 or self.batch_max_bytes < 1:
+            raise ValueError("batch_step must be >= 0, batch_max_requests and _bytes >= 1")
         if self.latency < 0 or self.jitter < 0 or self.hang_seconds < 0:
             raise ValueError("latency, jitter and hang_seconds must be >= 0")
         if not 0.0 <= self.fail_rate <= 1.0:

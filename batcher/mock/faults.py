@@ -178,3 +178,27 @@ def fault_error(style: str, kind: str, model: str | None) -> tuple[int, bytes, s
         body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
         return status, orjson.dumps(body), JSON
     return status, error_body(style, status, message, etype, code), JSON
+
+
+# Batch-level faults of the mock's Batch API (`mock.batches`): expire:K, finalizing[:S], ...
+BATCH_FAULTS = ("none", "expire", "invalid", "no_output", "finalizing", "gone")
+
+
+def parse_batch_fault(spec: str) -> tuple[str, float | None]:
+    """("expire", 5.0) from "expire:5"; ValueError for an unknown kind or a bad number."""
+    kind, _, arg = spec.partition(":")
+    if kind not in BATCH_FAULTS:
+        raise ValueError(f"unknown batch fault {spec!r} (one of {', '.join(BATCH_FAULTS)})")
+    if not arg:
+        if kind == "expire":
+            raise ValueError("batch fault expire needs a line count: expire:K")
+        return kind, None
+    if kind not in ("expire", "finalizing"):
+        raise ValueError(f"batch fault {kind} takes no argument")
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"batch fault {spec!r}: {arg!r} is not a number") from None
+    if not value >= 0 or (kind == "expire" and value != int(value)):
+        raise ValueError(f"batch fault {spec!r}: needs a count or seconds >= 0")
+    return kind, value

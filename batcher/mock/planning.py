@@ -104,8 +104,12 @@ class Planner:
         self.faults.reset()
         self.prompt_cache.clear()
 
-    def decide(self, headers: Mapping[str, str], raw: bytes, t: float) -> Plan:
-        """Run the checks in order and return the plan for this attempt (no awaits)."""
+    def decide(
+        self, headers: Mapping[str, str], raw: bytes, t: float, *, limited: bool = True
+    ) -> Plan:
+        """Run the checks in order and return the plan for this attempt (no awaits).
+
+        `limited=False` (a Batch API line) skips the concurrency and rpm limits."""
         cfg = self.config
         try:
             body = orjson.loads(raw)
@@ -131,7 +135,7 @@ class Planner:
         if req.model == "unknown-model" or req.model.startswith("missing/"):
             status, data, _ = fault_error(cfg.error_style, "404", req.model)
             return self.error_plan(req, status, data)
-        return self.limited_plan(req, directives)
+        return self.limited_plan(req, directives, limited)
 
     def too_large(self, headers: Mapping[str, str], t: float) -> Plan:
         """413 for a body beyond the server's size cap (logged without a body)."""
@@ -157,13 +161,13 @@ class Planner:
         data = error_body(self.config.error_style, 400, message, "invalid_request_error", None)
         return self.error_plan(req, 400, data)
 
-    def limited_plan(self, req: Req, directives: list[Directive]) -> Plan:
+    def limited_plan(self, req: Req, directives: list[Directive], limited: bool = True) -> Plan:
         """Apply max_concurrency and rpm, then faults; admitted requests enter the window."""
         cfg = self.config
-        if cfg.max_concurrency is not None and self.in_flight >= cfg.max_concurrency:
+        if limited and cfg.max_concurrency is not None and self.in_flight >= cfg.max_concurrency:
             return self.error_plan(req, 429, self.concurrency_body, "concurrency")
         headers: dict[str, str] | None = None
-        if cfg.rpm is not None:
+        if limited and cfg.rpm is not None:
             if not self.window.admit(req.t):
                 return self.rpm_plan(req)
             if cfg.ratelimit_style == "headers":

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from batcher.mock.batches import Batches, add_batch_routes
 from batcher.mock.config import DEFAULT_CONFIG, MockConfig
 from batcher.mock.faults import error_body
 from batcher.mock.log import LoggedRequest, RequestLog
@@ -71,6 +72,7 @@ class _State:
         self.latency = _Latency(config.latency, config.jitter, config.seed)
         self.closing = Closing()
         self.clock: Callable[[], float] = time.time
+        self.batches = Batches(config, self.planner, self.log, lambda: self.clock())
 
     def reset(self) -> None:
         """Forget the log, attempt counters and rpm window; restart the random streams."""
@@ -198,6 +200,7 @@ def create_app(config: MockConfig = DEFAULT_CONFIG, *, keep_log: bool = True) ->
     app.router.add_get("/v1/models", models)
     app.router.add_get("/models", models)
     app.router.add_get("/health", _health)
+    add_batch_routes(app, state.batches, ("/v1", ""))
     app.router.add_route("*", "/{tail:.*}", _not_found_handler(state))
 
     async def on_shutdown(app: web.Application) -> None:
