@@ -175,6 +175,9 @@ def coordinator(
     """The job's Coordinator actor: on the driver's node, no CPU of its own, one call at a
     time (no locks), restarted should it die (its schedules start again)."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # A sender's periodic report is not worth a retry (the next one says it all), and a
+    # retried one to the coordinator killed at the job's end was a Ray note on the driver.
+    ray.method(max_task_retries=0)(Coordinator.sync)
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Coordinator)
     return actor.options(scheduling_strategy=here).remote(
         settings.rpm,
