@@ -29,9 +29,7 @@ from batcher.analysis.summary import JobSummary, ModelTally
 from batcher.analysis.totals import Totals
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
-from batcher.engine.engine import Engine, EngineRun, EngineSettings, ModelLimits
-from batcher.engine.http import fit_open_files
-from batcher.engine.retry import RetryPolicy
+from batcher.engine.engine import EngineRun
 from batcher.errors import UsageError
 from batcher.io import spool
 from batcher.io.assemble import assemble
@@ -48,6 +46,7 @@ from batcher.io.templates import load_messages_template, text_or_file
 from batcher.io.textout import check_text_columns
 from batcher.prices import PriceTable
 from batcher.providers import Endpoint, read_key, resolve_provider
+from batcher.senders import start_sending
 from batcher.spec import JobSpec
 from batcher.structured.schema import load_schema, response_format
 
@@ -67,21 +66,6 @@ class DryRun:
     bodies: list[bytes]  # the first payloads, exactly as they would be sent
     url: str
     headers: dict[str, str]
-
-
-def engine_settings(spec: JobSpec) -> EngineSettings:
-    return EngineSettings(
-        concurrency=spec.concurrency,
-        timeout=spec.timeout,
-        retry=RetryPolicy(max_retries=spec.max_retries),
-        rpm=spec.rpm,
-        tpm=spec.tpm,
-        model_limits={
-            model: ModelLimits(limits.get("rpm"), limits.get("tpm"))
-            for model, limits in spec.model_limits.items()
-        },
-        reask=spec.reask,
-    )
 
 
 class Job:
@@ -230,22 +214,24 @@ class Job:
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
             learned = job_dir.read_limits(self.identity_url)  # the mock: whatever port
-            if spec.engine == "ray":
-                self.engine = self._on_ray(stack, base_url, learned, budget)
-            else:
-                engine = Engine(self.endpoint(base_url), self._settings())
-                requests = (
-                    spool.todo_requests(job_dir.spool)
-                    if spec.cache_aware is False
-                    else spool.grouped_requests(job_dir.spool, lead=spec.concurrency)
-                )
-                self.engine = engine.start(
-                    requests, known=self.cache, budget=budget, learned=learned
-                )
+            self.engine = start_sending(
+                spec,
+                self.endpoint(base_url),
+                job_dir,
+                stack,
+                embedded_mock=self.provider.base_url is None,
+                known=self.cache,
+                budget=budget,
+                learned=learned,
+                structured=self.schema is not None or spec.json,
+            )
             if self.interrupted:
                 self.engine.stop("interrupted")
             sent, row_ranges = await self._send(job_dir, found)
             stop_reason = self.engine.stop_reason
+            if getattr(self.engine, "submitted_only", False):  # --no-wait: nothing to write
+                summary = self._summary(None, found, sent, {}, started, job_dir)
+                return dataclasses.replace(summary, submitted=stop_reason)
             if self.interrupted:
                 return self._summary(None, found, sent, {}, started, job_dir)
             reason = (
@@ -265,32 +251,6 @@ class Job:
                 started,
                 job_dir if keep else None,
             )
-
-    def _on_ray(self, stack, base_url: str, learned: dict, budget: Budget | None) -> RayRun:
-        """The spool's requests sent by actors on Ray (`batcher.ray`), started or joined."""
-        from batcher.ray.engine import ACTORS, RayEngine, connected
-
-        stack.enter_context(connected(self.spec.ray_address))
-        assert self.job_dir is not None
-        settings = engine_settings(self.spec)
-        actors = self.spec.actors or ACTORS
-        engine = RayEngine(self.endpoint(base_url), settings, actors=actors)
-        return engine.start(self.job_dir.spool, learned=learned, known=self.cache, budget=budget)
-
-    def _settings(self) -> EngineSettings:
-        """The engine's settings: the spec's, with no more in flight than open files allow."""
-        settings = engine_settings(self.spec)
-        wanted = settings.concurrency
-        fits = fit_open_files(wanted, per_request=2 if self.provider.base_url is None else 1)
-        if fits < wanted:
-            log.warning(
-                "-c %d needs more open files than this process may have: %d in flight at most "
-                "(raise `ulimit -n` for more)",
-                wanted,
-                fits,
-            )
-            settings = dataclasses.replace(settings, concurrency=fits)
-        return settings
 
     def _prepare(self, job_dir: JobDir) -> InputScan:
         """Earlier results, then the checking pass writing the request spool, then job.json.
@@ -412,6 +372,7 @@ class Job:
             grid=grid,
             structured=self.schema is not None or spec.json,
             schema=self.schema,
+            batched=spec.mode == "batch",
         )
         tally = ModelTally()
 

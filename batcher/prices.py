@@ -34,9 +34,11 @@ PRICE_KEYS = (
     "cache_write_per_million",
     "reasoning_per_million",
     "per_search",
+    "batch_discount",
 )
 
 
+BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic, Google and Mistral all sell batches at half price
 UNPRICED_HINT = "(cost left empty; add them with --prices FILE)"
 PACKAGED = "batcher/prices.toml"  # how the packaged file is named in messages
 
@@ -51,6 +53,12 @@ class Price:
     cache_write_per_million: float | None = None  # None: tokens written at the input rate
     reasoning_per_million: float | None = None  # None: reasoning tokens at the output rate
     per_search: float | None = None  # None: searches unpriced (a row with any: cost unknown)
+    batch_discount: float | None = None  # share off through a Batch API; None: 0.5
+
+    @property
+    def batch_factor(self) -> float:
+        """What a Batch API request pays of the list price (0.5: half)."""
+        return 1.0 - (BATCH_DISCOUNT if self.batch_discount is None else self.batch_discount)
 
     @property
     def cached_rate(self) -> float:
@@ -166,6 +174,8 @@ def _price(table: Mapping[str, Any], where: str) -> Price:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or not math.isfinite(value) or value < 0:
             raise UsageError(f"{where}: {key} must be a number >= 0")
+    if table.get("batch_discount", 0) > 1:
+        raise UsageError(f"{where}: batch_discount is a share off, from 0 to 1")
     missing = [key for key in REQUIRED_KEYS if key not in table]
     if missing:
         raise UsageError(f"{where}: missing {' and '.join(missing)}")
@@ -182,14 +192,16 @@ def row_cost(
     reasoning_tokens: int = 0,
     search_queries: int = 0,
     server_cost: float | None = None,
+    batch: bool = False,
 ) -> float | None:
     """The USD cost of one request: the server's `usage.cost` when given, else from tokens.
 
     Cached and cache-write tokens are part of the prompt tokens, priced at the cached-input
     and cache-write rates (the input rate without one); reasoning tokens are part of the
     completion tokens (as in OpenAI's usage details), priced at the reasoning rate (the
-    output rate without one); each search costs `per_search`. None when there is neither a
-    price nor a server cost, or searches without a search price."""
+    output rate without one); each search costs `per_search`; `batch`: every rate at the
+    batch price (`Price.batch_factor`). None when there is neither a price nor a server
+    cost, or searches without a search price."""
     if server_cost is not None:
         return server_cost
     if price is None or (search_queries and price.per_search is None):
@@ -197,17 +209,18 @@ def row_cost(
     cached = min(cached_tokens, prompt_tokens)
     written = min(cache_write_tokens, prompt_tokens - cached)
     reasoning = min(reasoning_tokens, completion_tokens)
+    f = price.batch_factor if batch else 1.0
     total = (
-        (prompt_tokens - cached - written) * price.input_per_million
-        + cached * price.cached_rate
-        + written * price.write_rate
-        + (completion_tokens - reasoning) * price.output_per_million
-        + reasoning * price.reasoning_rate
+        (prompt_tokens - cached - written) * (price.input_per_million * f)
+        + cached * (price.cached_rate * f)
+        + written * (price.write_rate * f)
+        + (completion_tokens - reasoning) * (price.output_per_million * f)
+        + reasoning * (price.reasoning_rate * f)
     )
-    return total / 1e6 + search_queries * (price.per_search or 0.0)
+    return total / 1e6 + search_queries * ((price.per_search or 0.0) * f)
 
 
-def usage_cost(price: Price | None, usage: Usage) -> float | None:
+def usage_cost(price: Price | None, usage: Usage, *, batch: bool = False) -> float | None:
     """`row_cost` of a reply's usage (its unknown counts taken as 0)."""
     return row_cost(
         price,
@@ -218,4 +231,5 @@ def usage_cost(price: Price | None, usage: Usage) -> float | None:
         reasoning_tokens=usage.reasoning_tokens or 0,
         search_queries=usage.search_queries or 0,
         server_cost=usage.cost_usd,
+        batch=batch,
     )

@@ -53,7 +53,7 @@ class Counts:
             if result.cached or not (usage.known or usage.cost_usd is not None):
                 continue  # nothing billed again, or what is unknown
             price = self.prices.get(result.model) if self.prices is not None else None
-            cost = usage_cost(price, usage)
+            cost = usage_cost(price, usage, batch=result.mode == "batch")
             if cost is not None:
                 self.cost = (self.cost or 0.0) + cost
 

@@ -24,7 +24,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_bad_row": ("error", "skip"),
     "input_format": ("jsonl", "csv", "parquet"),
     "engine": ("local", "ray"),
+    "mode": ("online", "batch"),
 }
+# What only --mode batch takes (None: its default).
+BATCH_OPTIONS = ("batch_rounds", "fallback", "wait", "batch_max_requests", "batch_max_bytes")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,13 @@ class JobSpec:
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # "local", "auto", "ray://..." or host:port; None: local
     actors: int | None = None  # sender actors on Ray (-c requests in flight each); None: 2
+    # how: now, or through the provider's Batch API (batcher.batch)
+    mode: str = "online"  # online | batch
+    batch_rounds: int | None = None  # None: 3
+    fallback: str | None = None  # "online": send online what the rounds left
+    wait: bool | None = None  # False: submit and exit; None: wait
+    batch_max_requests: int | None = None  # None: 50,000
+    batch_max_bytes: int | None = None  # None: 200 MiB
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
@@ -133,6 +143,7 @@ class JobSpec:
                 shown = ", ".join(repr(c) for c in choices)
                 raise UsageError(f"--{name.replace('_', '-')}: {value!r} is not one of {shown}")
         self._check_engine()
+        self._check_mode()
         if self.fresh and self.retry_errors:
             raise UsageError("--fresh starts over; it cannot be combined with --retry-errors")
         if (
@@ -153,6 +164,27 @@ class JobSpec:
             raise UsageError("--engine ray needs Ray: pip install 'batcher[ray]'")
         if self.actors is not None:
             check_positive("actors", self.actors)
+
+    def _check_mode(self) -> None:
+        if self.mode != "batch":
+            for name in BATCH_OPTIONS:
+                if getattr(self, name) is not None:
+                    flag = "--no-wait" if name == "wait" else f"--{name.replace('_', '-')}"
+                    raise UsageError(f"{flag} is for --mode batch; add --mode batch or drop it")
+            return
+        for name, given in (
+            ("--engine ray", self.engine == "ray"),
+            ("--stream", self.stream),
+            ("--max-cost", self.max_cost is not None),
+            ("--cache-aware", bool(self.cache_aware)),
+            ("--rpm", self.rpm is not None),
+            ("--tpm", self.tpm is not None),
+        ):
+            if given:
+                raise UsageError(f"{name} is for --mode online; a Batch API job cannot use it")
+        for name in ("batch_rounds", "batch_max_requests", "batch_max_bytes"):
+            if getattr(self, name) is not None:
+                check_positive(name.replace("_", "-"), getattr(self, name))
 
     def named_body(self) -> dict[str, str]:
         """The body keys the named options set, and the option that sets each."""

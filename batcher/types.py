@@ -300,6 +300,7 @@ class Result:
     reasks: int = 0  # follow-up requests asking the model to fix its structured reply
     parsed: dict | None = None  # the valid structured reply
     finished_at: float | None = None  # unix time the result was known
+    mode: str = "online"  # how it was obtained: online, or through a Batch API ("batch")
 
     @property
     def ok(self) -> bool:

@@ -108,6 +108,10 @@ def _parts(table: pa.Table, prices: PriceTable) -> tuple[dict[str, Any], dict[st
         "reasoning": rate("reasoning_rate"),
         "search": rate("per_search"),
     }
+    if "mode" in table.column_names:  # --mode batch: each rate at the batch price
+        batch = pc.equal(_strings(table["mode"]), "batch").fill_null(False)
+        factor = pc.if_else(batch, rate("batch_factor"), 1.0)
+        rates = {part: pc.multiply(r, factor) for part, r in rates.items()}
     return tokens, rates
 
 

@@ -39,6 +39,7 @@ class JobSummary:
     learned: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
     interrupted: bool = False
     job_dir: Path | None = None
+    submitted: str | None = None  # --no-wait: the batches submitted, nothing collected yet
 
     @property
     def cost_usd(self) -> float | None:
@@ -50,6 +51,8 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
+        if self.submitted is not None:
+            return 0
         return 0 if self.errors == 0 and self.stop_reason is None else 1
 
     def to_dict(self) -> dict:
@@ -96,6 +99,8 @@ class ModelTally:
 
 def render(summary: JobSummary) -> list[str]:
     """The end-of-job lines printed on stderr."""
+    if summary.submitted is not None:
+        return [summary.submitted]
     lines = []
     errors = ", ".join(f"{n} {t}" for t, n in sorted(summary.errors_by_type.items()))
     lines.append(

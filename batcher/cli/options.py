@@ -301,6 +301,41 @@ JOB_OPTIONS = [
         type=int,
         help="--engine ray: sender actors, each with -c requests in flight [default: 2].",
     ),
+    click.option(
+        "--mode",
+        type=click.Choice(CHOICES["mode"]),
+        default="online",
+        show_default=True,
+        help="Send each request now, or through the provider's Batch API (about half the "
+        "price, results within 24 hours).",
+    ),
+    click.option(
+        "--batch-rounds",
+        type=int,
+        help="--mode batch: batch rounds at most; each resubmits what the last left without "
+        "a result (expired, cancelled, a retryable error) [default: 3].",
+    ),
+    click.option(
+        "--fallback",
+        type=click.Choice(["online"]),
+        help="--mode batch: send online what the batch rounds left.",
+    ),
+    click.option(
+        "--wait/--no-wait",
+        default=None,
+        help="--mode batch: wait for the batches, or submit them and exit (rerun to collect) "
+        "[default: wait].",
+    ),
+    click.option(
+        "--batch-max-requests",
+        type=int,
+        help="--mode batch: requests in one batch file at most [default: 50,000].",
+    ),
+    click.option(
+        "--batch-max-bytes",
+        type=int,
+        help="--mode batch: bytes of one batch file at most [default: 200 MiB].",
+    ),
 ]
 
 

@@ -49,8 +49,8 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 def run(ctx: click.Context, **opts: Any) -> None:
     """Send every row of INPUT (.jsonl, .parquet or .csv) to the API; write OUT (Parquet,
     a Parquet dataset folder, JSON Lines or CSV, as its name says)."""
-    setup_logging(opts.pop("verbose"))
     quiet = opts.pop("quiet")
+    setup_logging(opts.pop("verbose"), quiet)
     log_every = opts.pop("log_every")
     from batcher.job import Job
     from batcher.spec import make_spec
@@ -93,6 +93,8 @@ def execute(job: Any, quiet: bool, log_every: float = 60.0) -> int:
             click.echo(line, err=True)
     elif summary.stop_reason:  # why some rows were not sent is never left unsaid
         click.echo(f"stopped early: {summary.stop_reason}", err=True)
+    if summary.output is None:  # --no-wait: batches submitted, no OUT yet
+        return summary.exit_code
     try:
         click.echo(str(summary.output))
         sys.stdout.flush()
@@ -208,10 +210,14 @@ def print_dry_run(dry: Any) -> None:
         click.echo(payload.decode())
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """Warnings and errors on stderr (all with -v); also, unless quiet, what a Batch API job
+    submits and how each batch stands, with its id."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("batcher")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+    batches = logging.getLogger("batcher.batch")
+    batches.setLevel(logging.NOTSET if verbose else logging.WARNING if quiet else logging.INFO)

@@ -31,7 +31,14 @@ from batcher.structured.columns import typed_columns
 from batcher.types import ErrorType, Status
 
 # The columns of a result that OUT takes (its key's `_variant` picks the param_ values).
-RESULT_NAMES = [*OUTPUT_SCHEMA.names, "ttft_s", "sample", "_variant", *STRUCTURED_SCHEMA.names]
+RESULT_NAMES = [
+    *OUTPUT_SCHEMA.names,
+    "ttft_s",
+    "sample",
+    "_variant",
+    *STRUCTURED_SCHEMA.names,
+    "mode",
+]
 RESULT_SCHEMA = pa.schema([PART_SCHEMA.field(name) for name in RESULT_NAMES])
 
 

@@ -66,10 +66,18 @@ STRUCTURED_SCHEMA = pa.schema([("reasks", pa.int32()), ("parsed", pa.string())])
 
 
 STREAM_FIELD = pa.field("ttft_s", pa.float64())  # --stream adds it after latency_s
+MODE_FIELD = pa.field("mode", pa.string())  # --mode batch adds it last: "batch" or "online"
 
 
 PART_SCHEMA = pa.schema(
-    [*KEY_SCHEMA, *OUTPUT_SCHEMA, STREAM_FIELD, *STRUCTURED_SCHEMA, ("_done_at", pa.float64())]
+    [
+        *KEY_SCHEMA,
+        *OUTPUT_SCHEMA,
+        STREAM_FIELD,
+        *STRUCTURED_SCHEMA,
+        ("_done_at", pa.float64()),
+        MODE_FIELD,
+    ]
 )
 
 
@@ -104,6 +112,7 @@ def result_columns(results: Iterable[Result]) -> dict[str, list[Any]]:
         cols["reasks"].append(r.reasks)
         cols["parsed"].append(None if r.parsed is None else orjson.dumps(r.parsed).decode())
         cols["_done_at"].append(r.finished_at)
+        cols["mode"].append(r.mode)
         if reply is None:
             for name in REPLY_FIELDS:
                 cols[name].append(None)
@@ -154,6 +163,7 @@ class Layout:
     with_sample: bool = False
     structured: bool = False
     streamed: bool = False
+    batched: bool = False  # --mode batch: the `mode` column
     typed: tuple[tuple[str, str, pa.DataType], ...] = ()  # (property, column, type)
     params: tuple[tuple[str, pa.DataType, tuple], ...] = ()  # param_<key>, type, grid values
 
@@ -164,6 +174,8 @@ class Layout:
         fields = list(OUTPUT_SCHEMA)
         if self.streamed:
             fields.insert(fields.index(OUTPUT_SCHEMA.field("latency_s")) + 1, STREAM_FIELD)
+        if self.batched:
+            fields.append(MODE_FIELD)
         if self.with_sample:
             fields.insert(2, pa.field("sample", pa.int32()))
         at = 3 if self.with_sample else 2
@@ -227,6 +239,7 @@ def output_layout(
     grid: Sequence[Mapping[str, Any]],
     structured: bool,
     schema: dict | None,
+    batched: bool = False,
 ) -> Layout:
     """The columns of a job's OUT: `kept` input columns, a `sample` column with more than one
     sample, `ttft_s` when streamed, a `param_<key>` column per swept key, and with a reply
@@ -236,6 +249,7 @@ def output_layout(
         input_schema=kept,
         with_sample=samples > 1,
         streamed=streamed,
+        batched=batched,
         params=tuple(param_column(key, tuple(combo[key] for combo in grid)) for key, _ in sweep),
         structured=structured,
         typed=tuple(arrow_fields(schema, taken)) if schema is not None else (),

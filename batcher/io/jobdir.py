@@ -7,6 +7,8 @@ out/run.parquet.batcher/     the job folder, while a job runs or after it stoppe
     job.json                 settings (never a key), sizes, pid, start time
     requests.arrow           this run's requests, built once by the checking pass
     limits.json              rate limits learned per endpoint and model (a rerun starts there)
+    batches.json             --mode batch: the provider batches submitted (fsynced first)
+    batch-00001.ids          the custom_ids of each, one a line
     part-000000.parquet      durable results, in write order; the newest part wins a key
     .part-000001.parquet.tmp a part being written (never read)
     .damaged-part-...        a part that could not be read, set aside (its rows are resent)
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".batcher"
 INFO = "job.json"
 LIMITS = "limits.json"  # the rate limits learned, per endpoint and model
+BATCHES = "batches.json"  # --mode batch: the batches submitted to the provider
 SPOOL = "requests.arrow"
 PART_GLOB = "part-*.parquet"
 DAMAGED = ".damaged-"
@@ -208,6 +211,39 @@ class JobDir:
         except (OSError, ValueError):
             return {}
         return known if isinstance(known, dict) else {}
+
+    # --- batches.json: the provider batches of --mode batch ---------------------------------
+
+    def read_batches(self) -> list[dict[str, Any]]:
+        """The batches recorded, in submission order (none when there is no record)."""
+        try:
+            records = json.loads((self.path / BATCHES).read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"{self.path / BATCHES}: unreadable ({exc}); its batches may "
+                "still run: check them with the provider before --fresh"
+            ) from None
+        return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+    def write_batches(self, records: list[dict[str, Any]]) -> None:
+        """Record the batches durably (fsynced) before anything waits on them."""
+        self._write_durably(BATCHES, json.dumps(records, indent=1).encode())
+
+    def write_batch_ids(self, number: int, ids: list[str]) -> None:
+        self._write_durably(f"batch-{number:05d}.ids", "\n".join(ids).encode())
+
+    def read_batch_ids(self, number: int) -> list[str]:
+        text = (self.path / f"batch-{number:05d}.ids").read_text()
+        return text.split("\n") if text else []
+
+    def _write_durably(self, name: str, data: bytes) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_bytes(data)
+        fsync_file(tmp)
+        os.replace(tmp, self.path / name)
+        fsync_dir(self.path)
 
     # --- parts -----------------------------------------------------------------------------
 

@@ -249,6 +249,11 @@ class MockServer:
         """Every POST received so far (`t` is the arrival time)."""
         return self._state.log.entries
 
+    @property
+    def batches(self) -> Batches:
+        """The Batch API's files and batches (`batches.batches`: by id, in creation order)."""
+        return self._state.batches
+
     def reset(self) -> None:
         """Clear the log and attempt counters (also the rpm window and random streams)."""
         self._state.reset()
@@ -318,6 +323,11 @@ class MockServerThread:
     def log(self) -> list[LoggedRequest]:
         """Every POST received so far (appended from the server thread)."""
         return self.server.log
+
+    @property
+    def batches(self) -> Batches:
+        """The Batch API's files and batches."""
+        return self.server.batches
 
     def reset(self) -> None:
         """Clear the log and attempt counters."""

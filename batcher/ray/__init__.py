@@ -60,9 +60,10 @@ def process(ds: Any, **options: Any) -> Any:
     row is an error row of its own; nothing in a row fails the Dataset."""
     import ray
 
-    from batcher.job import Job, engine_settings
+    from batcher.job import Job
     from batcher.ray.engine import ACTORS, actor_settings, connect, coordinator, map_senders
     from batcher.ray.sender import RowRules, SenderConfig
+    from batcher.senders import engine_settings
 
     for name in options:
         if name in NOT_FOR_DATASETS:

@@ -107,7 +107,16 @@ def test_the_cycle_finder_finds_one():
 @pytest.mark.parametrize(
     ("library", "allowed"),
     [
-        ("aiohttp", ("batcher.engine.http", "batcher.engine.engine", "batcher.mock")),
+        # HTTP: the engine's boundary, the Batch API's (files, batches), and the mock server
+        (
+            "aiohttp",
+            (
+                "batcher.engine.http",
+                "batcher.engine.engine",
+                "batcher.batch.client",
+                "batcher.mock",
+            ),
+        ),
         ("click", ("batcher.cli",)),
         # Ray Data's blocks are Arrow tables: batcher.ray reads and makes them.
         (

@@ -1,0 +1,190 @@
+"""`batcher run --mode batch` end to end against the mock's Batch API: the same rows as
+online, rounds after expiry and errors, resume after kill -9, --no-wait, and clear stops."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import Job, prompts, wait_for, write_jsonl
+
+ROWS = [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(6)]
+TIMINGS = {"latency_s", "created", "mode"}
+
+
+def batch_run(run_job, server, rows, out: Path, *args: str, model: str = "gpt-4o-mini"):
+    return run_job(rows, out, "--mode", "batch", *args, server=server, model=model)
+
+
+def records(out: Path) -> list[dict]:
+    return json.loads((out.parent / (out.name + ".batcher") / "batches.json").read_text())
+
+
+def test_batch_gives_the_online_rows_at_half_the_price(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2)
+    online = run_job(ROWS, tmp_path / "online.parquet", server=server, model="gpt-4o-mini")
+    batch = batch_run(run_job, server, ROWS, tmp_path / "batch.parquet")
+    assert (online.exit_code, batch.exit_code) == (0, 0), batch.stderr
+    a = pq.read_table(tmp_path / "online.parquet")
+    b = pq.read_table(tmp_path / "batch.parquet")
+    assert b.column_names == [*a.column_names[:29], "mode", *a.column_names[29:]]
+    assert b["mode"].to_pylist() == ["batch"] * 6
+    same = [c for c in a.column_names if c not in TIMINGS | {"cost_usd"}]
+    assert b.select(same).to_pylist() == a.select(same).to_pylist()
+    assert b["latency_s"].null_count == 6  # unknown, not 0
+    assert b["cost_usd"].to_pylist() == pytest.approx(
+        [c / 2 for c in a["cost_usd"].to_pylist()], rel=1e-12
+    )
+    assert len(server.batches.batches) == 1
+    assert "batch_" in batch.stderr and "completed, 6/6 done" in batch.stderr
+
+
+def test_expiry_halfway_then_a_second_round_bills_each_request_once(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2, batch_faults=("expire:3",))
+    ran = batch_run(run_job, server, ROWS, tmp_path / "out.parquet")
+    assert ran.exit_code == 0, ran.stderr
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out["id"].to_pylist() == [r["id"] for r in ROWS]
+    assert out["status"].to_pylist() == ["ok"] * 6 and out["attempts"].to_pylist() == [1] * 6
+    assert len(server.log) == 6  # every line ran once: nothing billed twice
+    first, second = server.batches.batches.values()
+    assert (first.status, second.status) == ("expired", "completed")
+    assert len(second.lines) == 3
+
+
+def test_error_lines_become_rows_and_retryable_ones_go_again(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2)
+    rows = [
+        {"id": "fine", "prompt": "a plain question"},
+        {"id": "refused", "prompt": "[[mock:400]] a bad request"},
+        {"id": "flaky", "prompt": "[[mock:500x1]] fails once"},
+        {"id": "down", "prompt": "[[mock:503x9]] keeps failing"},
+    ]
+    ran = batch_run(run_job, server, rows, tmp_path / "out.parquet", "--batch-rounds", "2")
+    assert ran.exit_code == 1
+    got = {r["id"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    assert (got["fine"]["status"], got["fine"]["attempts"]) == ("ok", 1)
+    refused = got["refused"]
+    assert (refused["error_type"], refused["http_status"], refused["attempts"]) == (
+        "bad_request",
+        400,
+        1,
+    )
+    assert (got["flaky"]["status"], got["flaky"]["attempts"]) == ("ok", 2)
+    down = got["down"]
+    assert (down["error_type"], down["http_status"], down["attempts"]) == ("server_error", 503, 2)
+    assert all(r["mode"] == "batch" for r in got.values())
+    assert len(server.batches.batches) == 2 and len(server.log) == 4 + 2
+
+
+def test_kill_9_while_waiting_then_rerun_resubmits_nothing(run_job, make_api, tmp_path):
+    server = make_api(batch_step=1.5)
+    rows = prompts(8)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    args = [data, "-o", out, "--base-url", server.url, "-m", "mock-1", "--mode", "batch"]
+    job = Job(args, tmp_path)
+    job_dir = tmp_path / "out.parquet.batcher"
+
+    def recorded() -> bool:
+        try:
+            return records(out)[0]["batch_id"] is not None
+        except (OSError, ValueError, IndexError):
+            return False
+
+    wait_for(recorded)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    assert not out.exists() and job_dir.exists()
+    ran = run_job(data, out, "--mode", "batch", server=server)
+    assert ran.exit_code == 0, ran.stderr
+    assert pq.read_table(out)["status"].to_pylist() == ["ok"] * 8
+    assert len(server.batches.batches) == 1 and len(server.log) == 8
+
+
+def test_a_batch_uploaded_but_not_recorded_is_found_not_made_again(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2)
+    out = tmp_path / "out.parquet"
+    submitted = batch_run(run_job, server, ROWS, out, "--no-wait")
+    assert submitted.exit_code == 0, submitted.stderr
+    assert "1 batches submitted: rerun the same command to collect" in submitted.stderr
+    assert submitted.stdout == "" and not out.exists()
+    # as if killed after the batch was created, before its id was recorded
+    kept = records(out)
+    kept[0]["batch_id"] = None
+    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    ran = batch_run(run_job, server, ROWS, out)
+    assert ran.exit_code == 0, ran.stderr
+    assert len(server.batches.batches) == 1 and len(server.log) == 6
+    assert pq.read_table(out).num_rows == 6
+
+
+def test_a_failed_batch_is_said_in_one_line_and_its_rows_are_errors(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2, batch_faults=("invalid",))
+    ran = batch_run(run_job, server, ROWS, tmp_path / "out.parquet")
+    assert ran.exit_code == 1
+    failed = [line for line in ran.stderr.splitlines() if "failed:" in line]
+    assert failed == [
+        f"ERROR batcher.batch: batch {next(iter(server.batches.batches))} failed: "
+        "mock batch fault: invalid"
+    ]
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert pc.unique(out["error_type"]).to_pylist() == ["bad_request"]
+    assert len(server.log) == 0
+
+
+def test_completed_without_an_output_file_stops_and_a_rerun_sends_nothing(
+    run_job, make_api, tmp_path
+):
+    server = make_api(batch_step=0.2, batch_faults=("no_output",))
+    out = tmp_path / "out.parquet"
+    for _ in range(2):
+        ran = batch_run(run_job, server, ROWS, out)
+        assert ran.exit_code == 1
+        assert "completed without an output file: rerun later to fetch it" in ran.stderr
+    assert len(server.batches.batches) == 1 and len(server.log) == 6
+
+
+def test_what_the_rounds_leave_goes_online_with_fallback(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2, batch_faults=("expire:0", "expire:0"))
+    out = tmp_path / "out.parquet"
+    ran = batch_run(run_job, server, ROWS, out, "--batch-rounds", "2", "--fallback", "online")
+    assert ran.exit_code == 0, ran.stderr
+    table = pq.read_table(out)
+    assert table["status"].to_pylist() == ["ok"] * 6
+    assert table["mode"].to_pylist() == ["online"] * 6
+    assert len(server.batches.batches) == 2 and len(server.log) == 6
+
+
+def test_without_fallback_what_is_left_says_why(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.2, batch_faults=("expire:0",))
+    ran = batch_run(run_job, server, ROWS, tmp_path / "out.parquet", "--batch-rounds", "1")
+    assert ran.exit_code == 1
+    row = pq.read_table(tmp_path / "out.parquet").to_pylist()[0]
+    assert row["error_type"] == "not_sent"
+    assert row["error_message"] == (
+        "batch_expired: This request could not be executed before the completion window "
+        "expired.; still without one after 1 batch rounds (rerun with --retry-errors, or "
+        "--fallback online)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--mode", "batch", "--stream"), "--stream is for --mode online"),
+        (("--mode", "batch", "--max-cost", "1"), "--max-cost is for --mode online"),
+        (("--no-wait",), "--no-wait is for --mode batch"),
+        (("--batch-rounds", "2"), "--batch-rounds is for --mode batch"),
+        (("--mode", "batch", "--batch-rounds", "0"), "--batch-rounds must be"),
+    ],
+)
+def test_options_that_contradict_are_refused(run_job, make_api, tmp_path, args, message):
+    server = make_api()
+    ran = run_job(ROWS, tmp_path / "out.parquet", *args, server=server)
+    assert ran.exit_code == 2 and message in ran.stderr
+    assert len(server.batches.batches) == 0 and not (tmp_path / "out.parquet").exists()
