@@ -224,6 +224,7 @@ class Job:
                 budget=budget,
                 learned=learned,
                 structured=self.schema is not None or spec.json,
+                identity=self.identity_url,
             )
             if self.interrupted:
                 self.engine.stop("interrupted")

@@ -66,10 +66,11 @@ def start_sending(
     budget: Budget | None,
     learned: dict,
     structured: bool,
+    identity: str = "",
 ) -> Any:
     """The run that sends the spool's requests still to do, as `spec` says."""
     if spec.mode == "batch":
-        return _batch(spec, endpoint, job_dir, embedded_mock, known, structured)
+        return _batch(spec, endpoint, job_dir, embedded_mock, known, structured, identity)
     if spec.engine == "ray":
         from batcher.ray.engine import ACTORS, RayEngine, connected
 
@@ -92,6 +93,7 @@ def _batch(
     embedded_mock: bool,
     known: Any,
     structured: bool,
+    identity: str,
 ) -> Any:
     from batcher.batch.lines import MAX_BYTES, MAX_REQUESTS
     from batcher.batch.run import BatchRun, BatchSettings
@@ -110,6 +112,7 @@ def _batch(
         job_dir,
         settings,
         token=f"batcher-{token}",
+        identity=identity,
         structured=structured,
         known=known,
         online=lambda requests: online.start(requests, known=known),

@@ -23,11 +23,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from batcher.batch.client import TERMINAL, BatchClient, ContentGone
+from batcher.batch.client import TERMINAL, BatchApiError, BatchClient, ContentGone
 from batcher.batch.lines import MAX_BYTES, MAX_REQUESTS, batch_files, custom_id, line_of, read_lines
 from batcher.engine.http import Attempt
 from batcher.engine.reask import known_result
 from batcher.engine.results import error_result, to_result
+from batcher.errors import UsageError
 from batcher.io import spool
 from batcher.io.jobdir import JobDir
 from batcher.providers import Endpoint
@@ -62,6 +63,7 @@ class BatchRun:
         settings: BatchSettings,
         *,
         token: str,
+        identity: str = "",
         structured: bool = False,
         known: Any = None,
         online: Callable[[list[Request]], Any] | None = None,
@@ -70,6 +72,7 @@ class BatchRun:
         self.job_dir = job_dir
         self.settings = settings
         self.token = token  # names the job in each batch's metadata
+        self.identity = identity  # the endpoint the batches go to (recorded with each)
         self.stop_reason: str | None = None
         self.submitted_only = False  # wait=False and batches were submitted
         self.sent = 0  # batch lines that ran (each a request the provider answered)
@@ -139,6 +142,12 @@ class BatchRun:
         if not self._todo:
             return
         self._records = self.job_dir.read_batches()
+        elsewhere = {r.get("endpoint") for r in self._records} - {self.identity}
+        if elsewhere:
+            raise UsageError(
+                f"the batches of {self.job_dir.output} went to {sorted(map(str, elsewhere))[0]}: "
+                "rerun with that endpoint to collect them (or --fresh to start over)"
+            )
         live = [r for r in self._records if any(i in self._todo for i in self._ids(r))]
         done_rounds = max((r["round"] for r in self._records), default=0)
         async with BatchClient(self.endpoint) as client:
@@ -213,6 +222,7 @@ class BatchRun:
                 "requests": len(f.ids),
                 "file_id": None,
                 "batch_id": None,
+                "endpoint": self.identity,
                 "_ids": f.ids,
             }
             self._records.append(record)
@@ -255,7 +265,14 @@ class BatchRun:
         stuck_said: set[str] = set()
         while pending and not self.stopping:
             for batch_id, record in list(pending.items()):
-                batch = await client.retrieve(batch_id)
+                try:
+                    batch = await client.retrieve(batch_id)
+                except BatchApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    del pending[batch_id]  # gone: the built-in mock's die with their run
+                    self._lost(record, batch_id)
+                    continue
                 self._show(record, batch)
                 status = batch.get("status")
                 if status == "finalizing" and batch_id not in stuck_said:
@@ -275,6 +292,17 @@ class BatchRun:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), delay)
                 delay = min(delay * 1.5, self.settings.poll_max)
+
+    def _lost(self, record: dict[str, Any], batch_id: str) -> None:
+        """A recorded batch the provider does not know: its requests are sent again."""
+        mine = [i for i in self._ids(record) if i in self._todo]
+        log.warning(
+            "batch %s is unknown to the provider (404): its %d requests are submitted again",
+            batch_id,
+            len(mine),
+        )
+        for cid in mine:
+            self._last[cid] = f"batch {batch_id} was lost (404)"
 
     def _show(self, record: dict[str, Any], batch: dict[str, Any]) -> None:
         counts = batch.get("request_counts") or {}

@@ -108,15 +108,21 @@ def execute(job: Any, quiet: bool, log_every: float = 60.0) -> int:
 
 
 def resume_hint(job: Any) -> str:
-    """Where the finished results are, and the command that resumes."""
-    if not job.job_dir.exists() or not job.job_dir.parts():
+    """Where the finished results (or the batches submitted) are, and the command that
+    resumes."""
+    job_dir = job.job_dir
+    parts = job_dir.exists() and job_dir.parts()
+    batches = job_dir.exists() and job_dir.read_batches()
+    if not parts and not batches:
         return "stopped before any result was saved; nothing to resume"
     again = "the same command again"
     if job.spec.fresh:
         again = "the same command again without --fresh"
     if str(job.spec.input) == "-":
         again += ", with the same input on standard input,"
-    return f"finished results are saved in {job.job_dir.path}; run {again} to resume"
+    if not parts:
+        return f"the batches submitted are recorded in {job_dir.path}; run {again} to collect"
+    return f"finished results are saved in {job_dir.path}; run {again} to resume"
 
 
 def run_fast(coro: Any) -> Any:

@@ -188,3 +188,30 @@ def test_options_that_contradict_are_refused(run_job, make_api, tmp_path, args, 
     ran = run_job(ROWS, tmp_path / "out.parquet", *args, server=server)
     assert ran.exit_code == 2 and message in ran.stderr
     assert len(server.batches.batches) == 0 and not (tmp_path / "out.parquet").exists()
+
+
+def test_batches_the_provider_lost_are_submitted_again(cli, tmp_path):
+    """The built-in mock's batches end with its run: a rerun finds them gone (404)."""
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.parquet"
+    first = cli("run", data, "-o", out, "--mode", "batch", "--no-wait")
+    assert first.exit_code == 0 and not out.exists()
+    batch_id = records(out)[0]["batch_id"]
+    again = cli("run", data, "-o", out, "--mode", "batch")
+    assert again.exit_code == 0, again.stderr
+    assert (
+        f"batch {batch_id} is unknown to the provider (404): its 6 requests are submitted again"
+        in again.stderr
+    )
+    assert pq.read_table(out)["status"].to_pylist() == ["ok"] * 6
+    assert not (tmp_path / "out.parquet.batcher").exists()  # done: the job folder went
+
+
+def test_batches_recorded_for_another_endpoint_are_not_abandoned(run_job, make_api, tmp_path):
+    first, other = make_api(batch_step=0.2), make_api(batch_step=0.2)
+    out = tmp_path / "out.parquet"
+    assert batch_run(run_job, first, ROWS, out, "--no-wait").exit_code == 0
+    ran = batch_run(run_job, other, ROWS, out)
+    assert ran.exit_code == 2
+    assert f"the batches of {out} went to {first.url}: rerun with that endpoint" in ran.stderr
+    assert len(other.batches.batches) == 0
