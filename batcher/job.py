@@ -189,6 +189,31 @@ class Job:
         endpoint = self.endpoint(self.provider.base_url or "http://127.0.0.1:PORT/v1")
         return DryRun(found.requests, found.rows, bodies, endpoint.url, endpoint.redacted_headers())
 
+    async def export_batch(self, path: Path) -> int:
+        """Write the Batch API input lines of every request (what `--mode batch` uploads,
+        in input order, all models in one file) to `path`, atomically; how many."""
+        from batcher.batch.lines import line_of
+
+        tmp = path.with_name(f".{path.name}.tmp")
+        count = 0
+        with tempfile.TemporaryDirectory(prefix="batcher-input-") as folder:
+            await self.open_input(Path(folder))
+            try:
+                with saving(path, "nothing was written"), open(tmp, "wb") as f:
+
+                    def write(batch, requests, todo) -> None:
+                        nonlocal count
+                        for request in requests:
+                            if request.bad_input is None:
+                                f.write(line_of(request))
+                                count += 1
+
+                    await asyncio.to_thread(self.check, write)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return count
+
     async def run(self) -> JobSummary:
         started = time.time()
         spec, job_dir = self.spec, self.job_dir

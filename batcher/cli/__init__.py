@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from batcher import __version__
-from batcher.cli.analysis import cost, estimate, report, show, status
+from batcher.cli.analysis import cost, estimate, export_batch, report, show, status
 from batcher.cli.mock import mock_server
 from batcher.cli.models import models
 from batcher.cli.options import env_names
@@ -56,7 +56,7 @@ def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
 
 
-for command in (run, estimate, cost, report, status, show, models, mock_server):
+for command in (run, estimate, export_batch, cost, report, status, show, models, mock_server):
     if command.context_settings.get("auto_envvar_prefix"):  # options from the environment
         env_names(command)
     main.add_command(command)

@@ -125,6 +125,36 @@ for param in estimate.params:
         param.hidden = True
 
 
+@click.command("export-batch", context_settings={"auto_envvar_prefix": "BATCHER"})
+@job_options
+@click.pass_context
+def export_batch(ctx: click.Context, **opts: Any) -> None:
+    """Write the Batch API input file of INPUT's requests to -o FILE.jsonl: the lines
+    `--mode batch` would upload (same bodies, custom_id "row-model-combination-sample").
+
+    Sends nothing and needs no key."""
+    from batcher.job import Job
+    from batcher.spec import make_spec
+
+    target = opts.pop("output", None)
+    if target is None:
+        raise CliError("missing -o/--output: the JSON Lines file to write")
+    try:
+        spec = make_spec(**{**spec_options(ctx, opts), "output": None, "dry_run": True})
+        count = asyncio.run(Job(spec, need_key=False).export_batch(Path(target)))
+    except BatcherError as exc:
+        raise CliError.of(exc) from None
+    click.echo(f"wrote {count:,} requests to {target}", err=True)
+    click.echo(str(target))
+
+
+for param in export_batch.params:
+    if param.name in RUN_ONLY - {"output"} and isinstance(param, click.Option):
+        param.hidden = True
+    elif param.name == "output":
+        param.help = "The Batch API input file to write (JSON Lines)."
+
+
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
