@@ -46,7 +46,7 @@ STUCK_S = 3600.0  # finalizing this long: say so (once)
 class BatchSettings:
     rounds: int = 3  # batch rounds at most: the first, then resubmissions of what is missing
     fallback: str | None = None  # "online": send what the rounds left online
-    wait: bool = True  # False: submit, record and stop ("rerun to collect")
+    wait: bool = True  # False: submit (or look at the running batches once) and stop
     max_requests: int = MAX_REQUESTS  # of one input file
     max_bytes: int = MAX_BYTES
     poll_initial: float = 1.0  # seconds between status checks, growing 1.5x...
@@ -162,10 +162,6 @@ class BatchRun:
                     live = await self._submit(done_rounds)
                 else:
                     break
-                if not self.settings.wait:
-                    self.submitted_only = True
-                    self.stop(f"{len(live)} batches submitted: rerun the same command to collect")
-                    return
                 async for results in self._wait(live):
                     yield results
                 live = []
@@ -287,6 +283,10 @@ class BatchRun:
                         yield results
                 if self.stopping:
                     return
+            if pending and not self.settings.wait:  # --no-wait: one look, then exit
+                self.submitted_only = True
+                self.stop(f"{len(pending)} batches running: rerun the same command to collect")
+                return
             if pending:
                 self._woken.clear()
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -111,7 +112,7 @@ def test_a_batch_uploaded_but_not_recorded_is_found_not_made_again(run_job, make
     out = tmp_path / "out.parquet"
     submitted = batch_run(run_job, server, ROWS, out, "--no-wait")
     assert submitted.exit_code == 0, submitted.stderr
-    assert "1 batches submitted: rerun the same command to collect" in submitted.stderr
+    assert "1 batches running: rerun the same command to collect" in submitted.stderr
     assert submitted.stdout == "" and not out.exists()
     # as if killed after the batch was created, before its id was recorded
     kept = records(out)
@@ -215,3 +216,14 @@ def test_batches_recorded_for_another_endpoint_are_not_abandoned(run_job, make_a
     assert ran.exit_code == 2
     assert f"the batches of {out} went to {first.url}: rerun with that endpoint" in ran.stderr
     assert len(other.batches.batches) == 0
+
+
+def test_no_wait_again_collects_the_batches_that_ended(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.1)
+    out = tmp_path / "out.parquet"
+    assert batch_run(run_job, server, ROWS, out, "--no-wait").exit_code == 0
+    time.sleep(0.5)  # the batch's three phases of 0.1 s are over: it has ended
+    again = batch_run(run_job, server, ROWS, out, "--no-wait")
+    assert again.exit_code == 0, again.stderr
+    assert pq.read_table(out)["status"].to_pylist() == ["ok"] * 6
+    assert len(server.batches.batches) == 1
