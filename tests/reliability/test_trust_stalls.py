@@ -169,9 +169,9 @@ def test_a_request_over_the_tpm_limit_is_an_input_error_in_run_and_estimate(api,
 # The outage stop after 3 s instead of 120, so the test is short.
 SHORT_OUTAGE = """
 import dataclasses
-import batcher.job as job
-made = job.engine_settings
-job.engine_settings = lambda spec: dataclasses.replace(made(spec), outage_seconds=3.0)
+import batcher.senders as senders
+made = senders.engine_settings
+senders.engine_settings = lambda spec: dataclasses.replace(made(spec), outage_seconds=3.0)
 """
 
 
