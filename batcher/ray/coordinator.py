@@ -298,8 +298,9 @@ def _restarted() -> bool:
 
 class ClusterLimits:
     """An actor's side of the `Coordinator` (the engine's `SharedLimits`): permits leased a
-    few at a time, reports batched onto the next lease or a sync twice a second. `stopped`
-    is set once the run stops (its request stream ends on it)."""
+    few at a time, reports batched onto the next lease or a sync twice a second; a job-fatal
+    error is told at once, and nothing more is sent until the coordinator has heard it.
+    `stopped` is set once the run stops (its request stream ends on it)."""
 
     def __init__(self, coordinator: Any, want: int) -> None:
         self._coordinator = coordinator  # a Ray actor handle: `.method.remote(...)` awaits
@@ -329,6 +330,11 @@ class ClusterLimits:
         if self._syncer is None:
             self._syncer = asyncio.ensure_future(self._sync_forever())
         while not self.stopped.is_set():
+            telling = self._telling
+            if telling is not None and not telling.done():  # the job may stop: hear first
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(telling)
+                continue
             now = loop.time()
             slots = self._slots.setdefault(model, deque())
             while slots and slots[0][0] < now - LATE and not slots[0][2]:
