@@ -6,7 +6,9 @@ cost range per model is prompt + typical replies (low) to prompt + max_tokens (h
 without max_tokens on every request), at list prices from a `PriceTable`. Models without a
 price are named in `unpriced` and left out of the totals. With the shared prefixes the
 pass found (`analysis.prefixes`), each cost also comes with cache hits: the cached tokens a
-warm prompt cache would give (a lower bound) at the cached-input rate.
+warm prompt cache would give (a lower bound) at the cached-input rate. With `batch` (`--mode
+batch`), each priced cost also comes at the batch price: every rate times the model's
+`Price.batch_factor`, as `prices.usage_cost(..., batch=True)` bills a Batch API row.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from batcher.analysis.prefixes import SharedPrefixes
 from batcher.analysis.text import aligned, duration, money
 from batcher.errors import UsageError
 from batcher.io.check import InputScan
-from batcher.prices import UNPRICED_HINT, Price, PriceTable
+from batcher.prices import BATCH_DISCOUNT, UNPRICED_HINT, Price, PriceTable
 from batcher.types import COMPLETION_ALLOWANCE
 
 __all__ = ["Estimate", "ModelEstimate", "estimate", "render_estimate"]
+
+COST_KEYS = ("cost_low", "cost_high", "cost_low_cached", "cost_high_cached")
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,26 @@ class ModelEstimate:
     cached_tokens: int | None = None  # prompt tokens a warm cache would give, at least
     cost_low_cached: float | None = None  # cost_low with those tokens at the cached rate
     cost_high_cached: float | None = None
+    batch_discount: float | None = None  # --mode batch: the share off; None: unpriced or online
 
     @property
     def priced(self) -> bool:
         return self.cost_low is not None
+
+    def at_batch(self, cost: float | None) -> float | None:
+        """`cost` at the batch price; None when unknown or not --mode batch."""
+        d = self.batch_discount
+        return None if cost is None or d is None else cost * (1.0 - d)
+
+    def to_dict(self, batch: bool = False) -> dict[str, Any]:
+        """The fields; the batch ones (`batch_discount`, `cost_low_batch`, ...) with `batch`."""
+        doc = asdict(self)
+        del doc["batch_discount"]
+        if batch:
+            doc["batch_discount"] = self.batch_discount
+            for key in COST_KEYS:
+                doc[f"{key}_batch"] = self.at_batch(doc[key])
+        return doc
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,13 @@ class Estimate:
     combinations: int = 1  # of the --sweep grid
     samples: int = 1
     shared: SharedPrefixes | None = None  # the prefixes rows share (None: not looked for)
+    batch: bool = False  # --mode batch: the costs at the batch price too
+
+    def batch_total(self, key: str) -> float | None:
+        """The priced models' cost `key` ("cost_low", ...) at the batch price, summed."""
+        if not self.batch:
+            return None
+        return _total([m.at_batch(getattr(m, key)) for m in self.models if m.priced])
 
     @property
     def cached_tokens(self) -> int | None:
@@ -78,8 +105,9 @@ class Estimate:
         return sum(m.completion_tokens_typical for m in self.models)
 
     def to_dict(self) -> dict[str, Any]:
-        """For --json: every field (the request count under "requests"), models as a list."""
-        return {
+        """For --json: every field (the request count under "requests"), models as a list;
+        with `batch`, each cost also at the batch price (`cost_low_batch`, ...)."""
+        doc = {
             "rows": self.rows,
             "requests": self.requests,
             "bad_rows": self.bad_rows,
@@ -92,11 +120,17 @@ class Estimate:
             "cached_tokens": self.cached_tokens,
             "cost_low_cached": self.cost_low_cached,
             "cost_high_cached": self.cost_high_cached,
+        }
+        if self.batch:
+            for key in COST_KEYS:
+                doc[f"{key}_batch"] = self.batch_total(key)
+        return {
+            **doc,
             "shared_prefixes": None if self.shared is None else self.shared.to_dict(),
             "unpriced": list(self.unpriced),
             "duration_s": self.duration_s,
             "duration_basis": self.duration_basis,
-            "models": [asdict(m) for m in self.models],
+            "models": [m.to_dict(self.batch) for m in self.models],
         }
 
 
@@ -133,8 +167,10 @@ def estimate(
     combinations: int = 1,
     samples: int = 1,
     shared: SharedPrefixes | None = None,
+    batch: bool = False,
 ) -> Estimate:
-    """Tokens, cost range and duration of the job that `scan` describes.
+    """Tokens, cost range and duration of the job that `scan` describes; `batch`: the costs
+    at the batch price too.
 
     The duration is the largest of these lower bounds (the one that binds names the basis):
 
@@ -169,7 +205,7 @@ def estimate(
         price = prices.get(name)
         prompt = count.est_prompt_tokens
         cached = None if shared is None else min(shared.cached_tokens.get(name, 0), prompt)
-        low = high = low_cached = high_cached = None
+        low = high = low_cached = high_cached = discount = None
         if price is None:
             unpriced.append(name)
         else:
@@ -178,9 +214,11 @@ def estimate(
             if cached is not None:
                 low_cached = _cost(price, prompt, typical, cached)
                 high_cached = None if cmax is None else _cost(price, prompt, cmax, cached)
+            if batch:  # as Price.batch_factor
+                discount = BATCH_DISCOUNT if price.batch_discount is None else price.batch_discount
         models.append(
             ModelEstimate(
-                name, n, prompt, cmax, typical, low, high, cached, low_cached, high_cached
+                name, n, prompt, cmax, typical, low, high, cached, low_cached, high_cached, discount
             )
         )
         tokens = count.est_prompt_tokens + (n * completion_allowance if cmax is None else cmax)
@@ -226,6 +264,7 @@ def estimate(
         combinations=combinations,
         samples=samples,
         shared=shared,
+        batch=batch,
     )
 
 
@@ -258,29 +297,51 @@ def render_estimate(est: Estimate) -> list[str]:
     lines.append(f"reply tokens: {reply}")
 
     header = ["model", "requests", "prompt tokens", "cost low", "cost high"]
+    if est.batch:
+        header[3:] = ["online low", "online high", "batch low", "batch high"]
     rows = [header]
     for m in est.models:
-        rows.append(
-            [
-                m.model,
-                str(m.requests),
-                str(m.prompt_tokens),
-                money(m.cost_low),
-                money(m.cost_high),
-            ]
-        )
+        row = [m.model, str(m.requests), str(m.prompt_tokens), money(m.cost_low)]
+        row.append(money(m.cost_high))
+        if est.batch:
+            row += [money(m.at_batch(m.cost_low)), money(m.at_batch(m.cost_high))]
+        rows.append(row)
     total = ["total", str(est.requests), str(est.prompt_tokens)]
-    rows.append([*total, money(est.cost_low), money(est.cost_high)])
+    total += [money(est.cost_low), money(est.cost_high)]
+    if est.batch:
+        total += [money(est.batch_total("cost_low")), money(est.batch_total("cost_high"))]
+    rows.append(total)
     lines += aligned(rows)
+    if est.batch:
+        lines.append(_batch_line(est))
     if est.unpriced and est.cost_low is not None:
         lines.append("(totals cover priced models only)")
     if any(m.priced and m.cost_high is None for m in est.models):
         lines.append("cost high: unknown without max_tokens on every request (--max-tokens)")
     lines += _cache_lines(est)
     lines.append(f"duration: ~{duration(est.duration_s)} ({est.duration_basis})")
+    if est.batch:
+        lines[-1] = lines[-1].replace("duration:", "duration online:", 1)
+        lines.append("duration in batch mode: up to 24h (the Batch API's window; often less)")
     if est.unpriced:
         lines.append(f"no price for: {', '.join(est.unpriced)} {UNPRICED_HINT}")
     return lines
+
+
+def _percent(share: float) -> str:
+    return f"{round(share * 100, 1):g}%"
+
+
+def _batch_line(est: Estimate) -> str:
+    """What the batch columns are, with each priced model's discount."""
+    line = "batch: the price --mode batch is billed"
+    off = {m.model: m.batch_discount for m in est.models if m.batch_discount is not None}
+    if len(set(off.values())) == 1:
+        line += f", {_percent(next(iter(off.values())))} off the online price"
+    elif off:
+        each = ", ".join(f"{model} {_percent(d)}" for model, d in off.items())
+        line += f"; off the online price: {each}"
+    return line
 
 
 def _cache_lines(est: Estimate) -> list[str]:
@@ -298,9 +359,12 @@ def _cache_lines(est: Estimate) -> list[str]:
             f"({g.where}, first at row {g.first_id!r})"
         )
     if est.cost_low_cached is not None:
-        high = money(est.cost_high_cached) if est.cost_high_cached is not None else "-"
+        cost = f"{money(est.cost_low_cached)} to {money(est.cost_high_cached)}"
+        if est.batch:
+            low, high = est.batch_total("cost_low_cached"), est.batch_total("cost_high_cached")
+            cost += f" online, {money(low)} to {money(high)} batch"
         lines.append(
-            f"with cache hits: {money(est.cost_low_cached)} to {high} "
+            f"with cache hits: {cost} "
             f"(~{est.cached_tokens:,}+ prompt tokens cached, at the cached-input price)"
         )
     if not shared.complete:

@@ -40,7 +40,8 @@ def estimate(
     typical_reply_tokens: int,
     **opts: Any,
 ) -> None:
-    """Read INPUT exactly as `run` would and estimate requests, tokens, cost and duration.
+    """Read INPUT exactly as `run` would and estimate requests, tokens, cost and duration;
+    with --mode batch, the Batch API price beside the online one.
 
     Sends nothing and needs no key."""
     from batcher.analysis.estimate import estimate as make_estimate
@@ -80,6 +81,7 @@ def estimate(
             combinations=len(sweep_grid(spec.sweep)),
             samples=spec.samples,
             shared=prefixes.found(),
+            batch=spec.mode == "batch",
         )
     except BatcherError as exc:
         raise CliError.of(exc) from None
@@ -93,7 +95,7 @@ def estimate(
 
 estimate.params = [p for p in estimate.params if p.name != "json_mode"]
 # What only a run uses: accepted (the same command line estimates what it would run) but not
-# listed in `estimate --help`.
+# listed in `estimate --help` (--mode is: it adds the batch price).
 RUN_ONLY = frozenset(
     {
         "output",
@@ -121,7 +123,9 @@ RUN_ONLY = frozenset(
     }
 )
 for param in estimate.params:
-    if param.name in RUN_ONLY and isinstance(param, click.Option):
+    if param.name == "mode" and isinstance(param, click.Option):
+        param.help = "batch: also the Batch API price, what `run --mode batch` is billed."
+    elif param.name in RUN_ONLY and isinstance(param, click.Option):
         param.hidden = True
 
 

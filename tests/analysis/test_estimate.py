@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from batcher.analysis.estimate import Estimate, ModelEstimate, estimate, render_estimate
+from batcher.analysis.prefixes import SharedPrefix, SharedPrefixes
 from batcher.errors import UsageError
 from batcher.io.check import InputScan, ModelCount
 from batcher.prices import Price, PriceTable
@@ -242,3 +243,114 @@ def test_estimate_is_frozen():
     assert isinstance(est, Estimate)
     with pytest.raises(AttributeError):
         est.requests = 1  # type: ignore[misc]
+
+
+# --- --mode batch -----------------------------------------------------------------------------
+
+
+def test_batch_costs_beside_the_online_ones():
+    prices = PriceTable({"openai/gpt-4o": Price(2.5, 10.0, batch_discount=0.25)})
+    est = run(two_models(), prices, rpm=10, batch=True)
+    gpt, mystery = est.models
+    assert (gpt.batch_discount, mystery.batch_discount) == (0.25, None)
+    assert gpt.at_batch(gpt.cost_low) == pytest.approx(0.01525 * 0.75)
+    assert mystery.at_batch(mystery.cost_low) is None  # unpriced: unknown, never 0
+    doc = est.to_dict()
+    assert json.loads(json.dumps(doc)) == doc
+    assert (doc["cost_low_batch"], doc["cost_high_batch"]) == (
+        pytest.approx(0.0114375),
+        pytest.approx(0.0151875),
+    )
+    assert (doc["cost_low_cached_batch"], doc["cost_high_cached_batch"]) == (None, None)
+    assert doc["models"][0]["batch_discount"] == 0.25
+    assert doc["models"][0]["cost_high_batch"] == pytest.approx(0.0151875)
+    assert {k: v for k, v in doc["models"][1].items() if "batch" in k} == {
+        "batch_discount": None,
+        "cost_low_batch": None,
+        "cost_high_batch": None,
+        "cost_low_cached_batch": None,
+        "cost_high_cached_batch": None,
+    }
+    online = run(two_models(), prices, rpm=10).to_dict()  # no batch keys without --mode batch
+    assert not [k for k in [*online, *online["models"][0]] if "batch" in k]
+
+
+def test_render_estimate_in_batch_mode():
+    prices = PriceTable({"openai/gpt-4o": Price(2.5, 10.0), "cheap": Price(2.1, 4.0)})
+    scan = make_scan({**two_models().per_model, "cheap": ModelCount(10, 100, 2000)})
+    assert render_estimate(run(scan, prices, rpm=10, batch=True)) == [
+        "requests: 30 (10 rows x 3 models)",
+        "prompt tokens: ~300 (characters / 4)",
+        "reply tokens: ~4500 typical (150 per request, at most max_tokens), "
+        "at most 6000 (max_tokens)",
+        "model          requests  prompt tokens  online low  online high  batch low  batch high",
+        "openai/gpt-4o        10            100     $0.0152      $0.0203    $0.0076     $0.0101",
+        "mystery              10            100           -            -          -           -",
+        "cheap                10            100     $0.0062      $0.0082    $0.0031     $0.0041",
+        "total                30            300     $0.0215      $0.0285    $0.0107     $0.0142",
+        "batch: the price --mode batch is billed, 50% off the online price",
+        "(totals cover priced models only)",
+        "duration online: ~3m 00s (rpm 10)",
+        "duration in batch mode: up to 24h (the Batch API's window; often less)",
+        "no price for: mystery (cost left empty; add them with --prices FILE)",
+    ]
+    nothing = render_estimate(run(two_models(), PriceTable(), batch=True))
+    assert nothing[3:7] == [
+        "model          requests  prompt tokens  online low  online high  batch low  batch high",
+        "openai/gpt-4o        10            100           -            -          -           -",
+        "mystery              10            100           -            -          -           -",
+        "total                20            200           -            -          -           -",
+    ]
+    assert nothing[7] == "batch: the price --mode batch is billed"
+
+
+def test_cache_hits_in_batch_mode():
+    group = SharedPrefix("openai/gpt-4o", 10, 1024, "the system prompt", "0")
+    shared = SharedPrefixes({"openai/gpt-4o": 40}, [group], shared=1, sharing=10)
+    est = run(two_models(), batch=True, shared=shared)
+    # 40 of the 100 prompt tokens at 1.25 instead of 2.5: $0.00005 less online, half batch
+    assert est.models[0].at_batch(est.models[0].cost_low_cached) == pytest.approx(0.0076)
+    assert render_estimate(est)[8:12] == [
+        "(totals cover priced models only)",
+        "shared prefixes: 1 of 1,024+ tokens, over 10 requests:",
+        "  10 requests to openai/gpt-4o share their first 1,024+ tokens "
+        "(the system prompt, first at row '0')",
+        "with cache hits: $0.0152 to $0.0202 online, $0.0076 to $0.0101 batch "
+        "(~40+ prompt tokens cached, at the cached-input price)",
+    ]
+
+
+def test_estimate_mode_batch_cli(cli, tmp_path):
+    """--mode batch via the CLI: a custom batch_discount from --prices and an unpriced model."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        '["priced-a"]\ninput_per_million = 2.0\noutput_per_million = 8.0\n'
+        'batch_discount = 0.3\n\n["priced-b"]\ninput_per_million = 2.0\n'
+        "output_per_million = 4.0\n"
+    )
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "x" * 40}) + "\n" for _ in range(10)))
+    args = ["estimate", data, "-m", "priced-a", "-m", "priced-b", "-m", "unpriced"]
+    args += ["--prices", prices, "--max-tokens", "100", "--typical-reply-tokens", "50"]
+    result = cli(*args, "--mode", "batch")
+    assert result.exit_code == 0, result.stderr
+    # priced-a: (100 x 2 + 500 x 8) / 1e6 = 0.0042 low, (200 + 1000 x 8) / 1e6 = 0.0082 high
+    # priced-b: (100 x 2 + 500 x 4) / 1e6 = 0.0022 low, (200 + 1000 x 4) / 1e6 = 0.0042 high
+    assert result.stdout.splitlines()[3:10] == [
+        "model     requests  prompt tokens  online low  online high  batch low  batch high",
+        "priced-a        10            100     $0.0042      $0.0082    $0.0029     $0.0057",
+        "priced-b        10            100     $0.0022      $0.0042    $0.0011     $0.0021",
+        "unpriced        10            100           -            -          -           -",
+        "total           30            300     $0.0064      $0.0124    $0.0040     $0.0078",
+        "batch: the price --mode batch is billed; off the online price: priced-a 30%, priced-b 50%",
+        "(totals cover priced models only)",
+    ]
+    doc = json.loads(cli(*args, "--mode", "batch", "--json").stdout)
+    assert doc["cost_low_batch"] == pytest.approx(0.0042 * 0.7 + 0.0022 * 0.5)
+    assert doc["cost_high_batch"] == pytest.approx(0.0082 * 0.7 + 0.0042 * 0.5)
+    assert [m["batch_discount"] for m in doc["models"]] == [0.3, 0.5, None]
+    assert doc["models"][2]["cost_low_batch"] is None
+    online = cli(*args).stdout.splitlines()
+    assert online[3] == "model     requests  prompt tokens  cost low  cost high"
+    assert not [line for line in online if "batch" in line]
+    assert "--mode [online|batch]" in cli("estimate", "--help").stdout
