@@ -27,6 +27,7 @@ from batcher import __version__
 from batcher.analysis.cost import cost_split, spent_usd, with_costs
 from batcher.analysis.summary import JobSummary, ModelTally
 from batcher.analysis.totals import Totals
+from batcher.batch.manage import refuse_running_batches
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import EngineRun
@@ -45,7 +46,7 @@ from batcher.io.streams import in_daemon_thread, is_stream, spool_stream
 from batcher.io.templates import load_messages_template, text_or_file
 from batcher.io.textout import check_text_columns
 from batcher.prices import PriceTable
-from batcher.providers import Endpoint, read_key, resolve_provider
+from batcher.providers import MOCK_IDENTITY, Endpoint, read_key, resolve_provider
 from batcher.senders import start_sending
 from batcher.spec import JobSpec
 from batcher.structured.schema import load_schema, response_format
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
 from batcher.progress import PROGRESS_INTERVAL, Counts, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
-
-MOCK_IDENTITY = "batcher-mock://local/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +227,8 @@ class Job:
                 server = await stack.enter_async_context(MockServer(keep_log=False))
                 base_url = server.url
             stack.enter_context(job_dir.lock())
+            if spec.fresh:
+                refuse_running_batches(job_dir, "--fresh")
             job_dir.clean()
             stack.callback(shutil.rmtree, job_dir.input_copy, ignore_errors=True)
             await self.open_input(job_dir.input_copy)
@@ -319,6 +320,8 @@ class Job:
             "models": list(found.per_model),
             "per_model": {m: count.requests for m, count in found.per_model.items()},
             "settings": self._settings_used(found),
+            "spec": self.spec.settings(),  # as given: what `batcher batch cancel` reruns
+            "cwd": os.getcwd(),  # what relative paths in it are relative to
         }
         with saving(job_dir.path / "job.json", "nothing was sent"):
             job_dir.write_info(info)

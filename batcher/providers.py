@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 BEARER = "bearer"
 X_API_KEY = "x-api-key"
 AUTH_STYLES = (BEARER, X_API_KEY)
+# The built-in mock's name in request hashes and batch records: its port changes every run.
+MOCK_IDENTITY = "batcher-mock://local/v1"
 
 
 @dataclass(frozen=True, slots=True)

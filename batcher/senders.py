@@ -102,6 +102,7 @@ def _batch(
         rounds=spec.batch_rounds or 3,
         fallback=spec.fallback,
         wait=spec.wait is not False,
+        submit=spec.batch_submit is not False,
         max_requests=spec.batch_max_requests or MAX_REQUESTS,
         max_bytes=spec.batch_max_bytes or MAX_BYTES,
     )

@@ -27,7 +27,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("online", "batch"),
 }
 # What only --mode batch takes (None: its default).
-BATCH_OPTIONS = ("batch_rounds", "fallback", "wait", "batch_max_requests", "batch_max_bytes")
+BATCH_OPTIONS = (
+    "batch_rounds",
+    "fallback",
+    "wait",
+    "batch_max_requests",
+    "batch_max_bytes",
+    "batch_submit",
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class JobSpec:
     wait: bool | None = None  # False: submit and exit; None: wait
     batch_max_requests: int | None = None  # None: 50,000
     batch_max_bytes: int | None = None  # None: 200 MiB
+    batch_submit: bool | None = None  # False: only collect the recorded batches (batch cancel)
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
@@ -232,7 +240,7 @@ class JobSpec:
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [str(v) if isinstance(v, Path) else v for v in value]
             elif isinstance(value, Mapping):
                 value = dict(value)
             out[f.name] = value

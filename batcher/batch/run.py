@@ -47,6 +47,7 @@ class BatchSettings:
     rounds: int = 3  # batch rounds at most: the first, then resubmissions of what is missing
     fallback: str | None = None  # "online": send what the rounds left online
     wait: bool = True  # False: submit (or look at the running batches once) and stop
+    submit: bool = True  # False: only collect the recorded batches (`batcher batch cancel`)
     max_requests: int = MAX_REQUESTS  # of one input file
     max_bytes: int = MAX_BYTES
     poll_initial: float = 1.0  # seconds between status checks, growing 1.5x...
@@ -157,7 +158,8 @@ class BatchRun:
                     for record in live:  # an earlier run's, perhaps cut short mid-submit
                         if record.get("batch_id") is None:
                             await self._create(record, adopt=True)
-                elif done_rounds < self.settings.rounds:
+                    live = [r for r in live if r.get("batch_id") is not None]
+                elif done_rounds < self.settings.rounds and self.settings.submit:
                     done_rounds += 1
                     live = await self._submit(done_rounds)
                 else:
@@ -233,12 +235,16 @@ class BatchRun:
         client, number = self._client, record["number"]
         assert client is not None
         if record["file_id"] is None:
+            if not self.settings.submit:
+                return
             if data is None:
                 ids = set(self._ids(record))
                 data = b"".join(line_of(r) for r in self._requests(ids))
             record["file_id"] = await client.upload(data, f"batcher-{number:05d}.jsonl")
             self._save()
         batch = await client.find(record["file_id"]) if adopt else None
+        if batch is None and not self.settings.submit:
+            return  # collecting only: what was never made a batch stays unsent
         if batch is None:
             metadata = {"batcher_job": self.token, "batcher_batch": str(number)}
             batch = await client.create(record["file_id"], metadata)
@@ -303,6 +309,8 @@ class BatchRun:
         )
         for cid in mine:
             self._last[cid] = f"batch {batch_id} was lost (404)"
+        record["status"] = "lost"
+        self._save()
 
     def _show(self, record: dict[str, Any], batch: dict[str, Any]) -> None:
         counts = batch.get("request_counts") or {}
@@ -313,6 +321,8 @@ class BatchRun:
             int(counts.get("total") or record["requests"]),
         )
         if self._states.get(batch["id"], (None,))[0] != state[0]:
+            record["status"] = state[0]  # last seen: --fresh refuses while it may still run
+            self._save()
             log.info(
                 "batch %s (%s, round %d): %s, %d/%d done",
                 batch["id"],
@@ -393,6 +403,17 @@ class BatchRun:
     async def _leftovers(self) -> AsyncIterator[list[Result]]:
         """What the rounds left: sent online (the fallback), else error rows saying why."""
         rounds = self.settings.rounds
+        if not self.settings.submit:  # `batcher batch cancel`: the rest is sent by a rerun
+            results = []
+            for cid, request in self._todo.items():
+                last = self._last.get(cid)
+                why = last if isinstance(last, str) else "in no batch that ran"
+                message = f"{why} (batcher batch cancel): rerun the job to send it"
+                results.append(error_result(request, ErrorType.NOT_SENT.value, message))
+            self.stop(f"batches cancelled: {len(results):,} requests not sent (rerun to send them)")
+            self._todo.clear()
+            yield [dataclasses.replace(r, mode="batch") for r in results]
+            return
         if self.settings.fallback == "online" and self._online is not None:
             left = len(self._todo)
             log.info("%d requests left after %d batch rounds: sending them online", left, rounds)

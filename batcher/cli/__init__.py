@@ -14,6 +14,7 @@ import click
 
 from batcher import __version__
 from batcher.cli.analysis import cost, estimate, export_batch, report, show, status
+from batcher.cli.batch import batch
 from batcher.cli.mock import mock_server
 from batcher.cli.models import models
 from batcher.cli.options import env_names
@@ -56,7 +57,8 @@ def main() -> None:
     """Push bulk chat-completion requests through OpenAI-compatible APIs into Parquet."""
 
 
-for command in (run, estimate, export_batch, cost, report, status, show, models, mock_server):
+COMMANDS = (run, estimate, export_batch, batch, cost, report, status, show, models, mock_server)
+for command in COMMANDS:
     if command.context_settings.get("auto_envvar_prefix"):  # options from the environment
         env_names(command)
     main.add_command(command)

@@ -97,7 +97,10 @@ class JobDir:
     # --- the lock, the folder itself ----------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(
+        self,
+        busy: str = "another batcher job is writing this output; wait for it or choose another -o",
+    ) -> Iterator[None]:
         """One job at a time per OUT: a second would send (and bill) every row again."""
         path = self.output.with_name(f".{self.output.name}.lock")
         try:
@@ -109,10 +112,7 @@ class JobDir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise UsageError(
-                    f"{self.output}: another batcher job is writing this output; wait for it "
-                    "or choose another -o"
-                ) from None
+                raise UsageError(f"{self.output}: {busy}") from None
             yield
         finally:
             handle.close()
