@@ -28,6 +28,7 @@ from batcher.analysis.cost import cost_split, spent_usd, with_costs
 from batcher.analysis.summary import JobSummary, ModelTally
 from batcher.analysis.totals import Totals
 from batcher.batch.manage import refuse_running_batches
+from batcher.batch.results import with_batch_output
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import EngineRun
@@ -236,6 +237,11 @@ class Job:
             if spec.cache is not None:
                 self.cache = ResponseCache(spec.cache)
                 stack.callback(self.cache.close)
+            known = self.cache
+            if spec.batch_output:
+                known = await asyncio.to_thread(
+                    with_batch_output, spec.batch_output, job_dir.spool, known
+                )
             budget = None
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
@@ -246,7 +252,7 @@ class Job:
                 job_dir,
                 stack,
                 embedded_mock=self.provider.base_url is None,
-                known=self.cache,
+                known=known,
                 budget=budget,
                 learned=learned,
                 structured=self.schema is not None or spec.json,
@@ -401,7 +407,7 @@ class Job:
             grid=grid,
             structured=self.schema is not None or spec.json,
             schema=self.schema,
-            batched=spec.mode == "batch",
+            batched=spec.mode == "batch" or bool(spec.batch_output),
         )
         tally = ModelTally()
 

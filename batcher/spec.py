@@ -89,6 +89,7 @@ class JobSpec:
     fresh: bool = False  # drop earlier results of this OUT and start over
     retry_errors: bool = False  # send again the requests whose earlier result was an error
     cache: Path | None = None  # response cache directory shared across jobs
+    batch_output: tuple[Path, ...] = ()  # Batch API output/error files: results by custom_id
     prices: Path | None = None  # price table added to the packaged one (and $BATCHER_PRICES)
     max_cost: float | None = None  # USD budget: stop sending before passing it
     dry_run: bool = False
@@ -292,6 +293,10 @@ def make_spec(**options: Any) -> JobSpec:
     for name in PATHS:
         if options.get(name) is not None and not (name == "input" and is_uri(options[name])):
             options[name] = Path(options[name])
+    if options.get("batch_output") is not None:
+        given = options["batch_output"]
+        given = [given] if isinstance(given, (str, os.PathLike)) else given
+        options["batch_output"] = tuple(Path(p) for p in given)
     for name in ("models", "stop", "body_columns"):
         value = options.get(name)
         if isinstance(value, str):

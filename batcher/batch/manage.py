@@ -70,6 +70,7 @@ class Recorded:
             value = spec.get(name)
             if isinstance(value, str) and value != "-" and "://" not in value:
                 spec[name] = str(cwd / value)  # an absolute value stays as it is
+        spec["batch_output"] = [str(cwd / p) for p in spec.get("batch_output") or ()]
         return cls(job_dir, spec, records)
 
     @property

@@ -108,6 +108,7 @@ RUN_ONLY = frozenset(
         "fresh",
         "retry_errors",
         "cache",
+        "batch_output",
         "cache_aware",
         "prompt_cache_key",
         "mode",
@@ -170,19 +171,26 @@ for param in export_batch.params:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
 def cost(path: Path, prices: Path | None, by: str, as_json: bool, as_csv: bool) -> None:
-    """Requests, tokens and cost per group of a finished OUT or a running job's directory.
+    """Requests, tokens and cost per group of a finished OUT, a running job's directory,
+    or a Batch API output file (priced at the batch rate).
 
     The server's cost wins where it sent one; other rows are priced from tokens."""
     if as_json and as_csv:
         raise CliError("give --json or --csv, not both")
     from batcher.analysis.cost import cost_csv, cost_groups, cost_json, render_cost, with_costs
+    from batcher.batch.results import is_batch_output, output_results
+    from batcher.io.columns import results_table
     from batcher.io.jobdir import read_results
     from batcher.prices import PriceTable
 
     columns = tuple(c.strip() for c in by.split(",") if c.strip())
     try:
         table_prices = PriceTable.load(prices)
-        table = with_costs(read_results(path), table_prices)
+        if path.is_file() and is_batch_output(path):
+            results = results_table(output_results(path))
+        else:
+            results = read_results(path)
+        table = with_costs(results, table_prices)
         groups, total = cost_groups(table, columns, table_prices)
     except BatcherError as exc:
         raise CliError.of(exc) from None

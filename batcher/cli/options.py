@@ -284,6 +284,14 @@ JOB_OPTIONS = [
         help="Response cache directory, shared by jobs [env: BATCHER_CACHE].",
     ),
     click.option(
+        "--batch-output",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="A Batch API output or error file whose lines are results of this job's requests "
+        "(by custom_id, as export-batch makes them); only the rest are sent. Repeatable.",
+    ),
+    click.option(
         "--engine",
         type=click.Choice(CHOICES["engine"]),
         default="local",
