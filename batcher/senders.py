@@ -100,6 +100,7 @@ def _batch(
 
     settings = BatchSettings(
         rounds=spec.batch_rounds or 3,
+        reask=spec.reask,
         fallback=spec.fallback,
         wait=spec.wait is not False,
         submit=spec.batch_submit is not False,

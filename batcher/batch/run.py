@@ -8,7 +8,9 @@ id, each write fsynced. A rerun finds the record and never submits a recorded ba
 file uploaded but not yet made a batch is looked up among the provider's batches first).
 When every batch of a round has ended, the requests with no final outcome (expired,
 cancelled, a retryable error status, content gone) make the next round, up to `rounds`;
-what is left then is sent online (`fallback="online"`) or ends as error rows.
+what is left then is sent online (`fallback="online"`) or ends as error rows. An invalid
+structured reply is re-asked in the next round (`batch.reasks`); one whose re-ask never came
+back ends `invalid_output`, never online (its row is billed at one rate).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from batcher.batch.client import TERMINAL, BatchApiError, BatchClient, ContentGone
 from batcher.batch.lines import MAX_BYTES, MAX_REQUESTS, batch_files, custom_id, line_of, read_lines
+from batcher.batch.reasks import BatchReasks
 from batcher.engine.http import Attempt
 from batcher.engine.reask import known_result
 from batcher.engine.results import error_result, to_result
@@ -32,7 +35,7 @@ from batcher.errors import UsageError
 from batcher.io import spool
 from batcher.io.jobdir import JobDir
 from batcher.providers import Endpoint
-from batcher.structured.validate import ReplyValidator, Validators
+from batcher.structured.validate import Validators
 from batcher.types import ErrorType, Request, Result, Usage
 
 log = logging.getLogger("batcher.batch")
@@ -45,6 +48,7 @@ STUCK_S = 3600.0  # finalizing this long: say so (once)
 @dataclass(frozen=True)
 class BatchSettings:
     rounds: int = 3  # batch rounds at most: the first, then resubmissions of what is missing
+    reask: int = 2  # re-asks of an invalid structured reply, each in the next round
     fallback: str | None = None  # "online": send what the rounds left online
     wait: bool = True  # False: submit (or look at the running batches once) and stop
     submit: bool = True  # False: only collect the recorded batches (`batcher batch cancel`)
@@ -83,7 +87,7 @@ class BatchRun:
         self._inner: Any = None  # that online run, once started
         self._woken = asyncio.Event()
         self._todo: dict[str, Request] = {}  # without payloads
-        self._validators: dict[str, ReplyValidator] = {}
+        self._reasks = BatchReasks(settings.reask)
         self._billed: defaultdict[str, list[Usage]] = defaultdict(list)
         self._tries: Counter[str] = Counter()  # batch lines that ran, per request
         self._last: dict[str, Attempt | str] = {}  # why a request has no final outcome yet
@@ -186,15 +190,17 @@ class BatchRun:
                     continue
             cid = custom_id(request)
             if self._structured and (validator := validators.of(request.payload)) is not None:
-                self._validators[cid] = validator
+                self._reasks.validators[cid] = validator
             self._todo[cid] = dataclasses.replace(request, payload=b"")
         return known
 
     def _requests(self, ids: set[str]) -> Iterator[Request]:
-        """The spool's requests (bodies as built) whose custom_ids are in `ids`."""
+        """The spool's requests whose custom_ids are in `ids`, bodies as built (a re-ask's:
+        the conversation so far)."""
         for request in spool.todo_requests(self.job_dir.spool):
-            if request.bad_input is None and custom_id(request) in ids:
-                yield request
+            if request.bad_input is None and (cid := custom_id(request)) in ids:
+                body = self._reasks.body(cid)
+                yield request if body is None else dataclasses.replace(request, payload=body)
 
     def _ids(self, record: dict[str, Any]) -> list[str]:
         if "_ids" not in record:
@@ -383,26 +389,46 @@ class BatchRun:
             if attempt.error is not None and attempt.error.retryable:
                 self._last[cid] = attempt
                 continue
-            results.append(self._result(self._todo.pop(cid), cid, attempt))
+            checked = self._reasks.check(cid, attempt)
+            if checked is None:  # invalid: re-asked in the next round
+                self._last[cid] = f"re-ask {self._reasks.asked[cid]} of an invalid reply"
+                continue
+            results.append(self._result(cid, attempt, *checked))
+        if self._reasks.due:
+            self._reasks.make_bodies(self._requests(self._reasks.due))
         return results
 
-    def _result(self, request: Request, cid: str, attempt: Attempt) -> Result:
+    def _result(self, cid: str, attempt: Attempt, parsed=None, problem=None, reasks=None):
+        """The row of a request's final outcome, billed for every line of it that ran."""
+        request = self._todo.pop(cid)
         usage = Usage.total(self._billed.pop(cid, []))
         made = self._tries.pop(cid, 1)
-        validator = self._validators.pop(cid, None)
-        result = None
-        if validator is not None and attempt.reply is not None:
-            reply = attempt.reply
-            check = validator.check(reply.content, reply.finish_reason)
-            parsed, problem = check.value, check.problem
-            result = to_result(request, attempt, made, usage=usage, parsed=parsed, invalid=problem)
-        else:
-            result = to_result(request, attempt, made, usage=usage)
+        asked = self._reasks.done(cid)
+        reasks = asked if reasks is None else reasks
+        result = to_result(
+            request, attempt, made, usage=usage, reasks=reasks, parsed=parsed, invalid=problem
+        )
         return dataclasses.replace(result, latency_s=None, mode="batch")
+
+    def _invalid_rows(self) -> list[Result]:
+        """The requests whose re-ask never came back, as `invalid_output` with the last
+        reply (a re-ask answered with an error status ends in that error instead)."""
+        rows = []
+        for cid in [c for c in self._todo if c in self._reasks.invalid]:
+            last = self._last.get(cid)
+            if isinstance(last, Attempt):
+                rows.append(self._result(cid, last))
+                continue
+            attempt, problem = self._reasks.invalid[cid]
+            rows.append(self._result(cid, attempt, None, problem, self._reasks.asked[cid] - 1))
+        return rows
 
     async def _leftovers(self) -> AsyncIterator[list[Result]]:
         """What the rounds left: sent online (the fallback), else error rows saying why."""
         rounds = self.settings.rounds
+        invalid = self._invalid_rows()
+        if invalid:
+            yield invalid
         if not self.settings.submit:  # `batcher batch cancel`: the rest is sent by a rerun
             results = []
             for cid, request in self._todo.items():
@@ -427,12 +453,10 @@ class BatchRun:
                 await self._inner.aclose()
             return
         results = []
-        for cid, request in self._todo.items():
+        for cid, request in list(self._todo.items()):
             last = self._last.get(cid)
             if isinstance(last, Attempt):
-                usage = Usage.total(self._billed.pop(cid, []))
-                result = to_result(request, last, self._tries.pop(cid, 1), usage=usage)
-                result = dataclasses.replace(result, latency_s=None)
+                result = self._result(cid, last)
             else:
                 message = (
                     f"{last or 'no outcome'}; still without one after {rounds} batch rounds "

@@ -227,3 +227,47 @@ def test_no_wait_again_collects_the_batches_that_ended(run_job, make_api, tmp_pa
     assert again.exit_code == 0, again.stderr
     assert pq.read_table(out)["status"].to_pylist() == ["ok"] * 6
     assert len(server.batches.batches) == 1
+
+
+LABEL = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["positive", "negative"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+
+
+def test_an_invalid_structured_reply_is_re_asked_in_the_next_round(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.05)
+    schema = tmp_path / "label.json"
+    schema.write_text(json.dumps(LABEL))
+    rows = [
+        {"id": "fine", "prompt": "a review"},
+        {"id": "fixed", "prompt": "a review [[mock:badschemax1]]"},
+        {"id": "never", "prompt": "a review [[mock:notjson]]"},
+    ]
+    out = tmp_path / "out.parquet"
+    ran = batch_run(run_job, server, rows, out, "--schema", schema, "--reask", "1")
+    assert ran.exit_code == 1, ran.stderr  # "never" stays invalid
+    got = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    shown = {k: (r["status"], r["error_type"], r["reasks"], r["attempts"]) for k, r in got.items()}
+    assert shown == {
+        "fine": ("ok", None, 0, 1),
+        "fixed": ("ok", None, 1, 2),
+        "never": ("error", "invalid_output", 1, 2),
+    }
+    assert got["fixed"]["label"] in ("positive", "negative")
+    assert "no JSON object found" in got["never"]["error_message"]
+    assert all(r["mode"] == "batch" for r in got.values())
+    first, second = server.batches.batches.values()
+    assert (len(first.lines), len(second.lines)) == (3, 2)  # the re-asks: a second round
+    by_prompt = {}
+    for entry in server.log:
+        by_prompt.setdefault(entry.body["messages"][0]["content"], []).append(entry.body)
+    asked, again = by_prompt["a review [[mock:badschemax1]]"]
+    assert again["messages"][:-2] == asked["messages"]
+    assert again["messages"][-2]["role"] == "assistant"
+    assert again["messages"][-1]["role"] == "user"
+    assert "is a required property" in again["messages"][-1]["content"]
+    tokens = sum(max(1, sum(len(m["content"]) for m in b["messages"]) // 4) for b in (asked, again))
+    assert got["fixed"]["prompt_tokens"] == tokens  # both lines billed to the row
