@@ -28,7 +28,7 @@ from batcher.analysis.cost import cost_split, spent_usd, with_costs
 from batcher.analysis.summary import JobSummary, ModelTally
 from batcher.analysis.totals import Totals
 from batcher.batch.manage import refuse_running_batches
-from batcher.batch.results import with_batch_output
+from batcher.batch.results import BatchOutput, FirstOf, with_batch_output
 from batcher.engine.budget import Budget
 from batcher.engine.cache import ResponseCache
 from batcher.engine.engine import EngineRun
@@ -110,10 +110,9 @@ class Job:
         )
         self.job_dir = JobDir(spec.output) if spec.output is not None else None
         self.source: InputFile | InputSet | None = None  # as read (a stream: its copy)
-        self.engine: EngineRun | RayRun | None = (
-            None  # this run of the engine (or Ray's), once it starts
-        )
+        self.engine: EngineRun | RayRun | None = None  # this run's sender, once it starts
         self.cache: ResponseCache | None = None
+        self.imported: BatchOutput | None = None  # --batch-output's results
         self._runs: list[str] = []  # when each run of the job started, this one last
         self.interrupted = False
         self._reading: asyncio.Future[InputFile] | None = None
@@ -229,7 +228,9 @@ class Job:
                 base_url = server.url
             stack.enter_context(job_dir.lock())
             if spec.fresh:
-                refuse_running_batches(job_dir, "--fresh")
+                refuse_running_batches(job_dir, "--fresh", "rerun without --fresh")
+            elif spec.mode != "batch":
+                refuse_running_batches(job_dir, "--mode online", "rerun with --mode batch")
             job_dir.clean()
             stack.callback(shutil.rmtree, job_dir.input_copy, ignore_errors=True)
             await self.open_input(job_dir.input_copy)
@@ -237,11 +238,7 @@ class Job:
             if spec.cache is not None:
                 self.cache = ResponseCache(spec.cache)
                 stack.callback(self.cache.close)
-            known = self.cache
-            if spec.batch_output:
-                known = await asyncio.to_thread(
-                    with_batch_output, spec.batch_output, job_dir.spool, known
-                )
+            known = FirstOf(self.imported, self.cache) if self.imported else self.cache
             budget = None
             if spec.max_cost is not None:
                 budget = await asyncio.to_thread(self._budget, job_dir, found)
@@ -304,6 +301,7 @@ class Job:
                 found = self.check(sink, earlier)
             kept = kept_columns(self.spec.keep_columns, found.schema)  # a wrong name fails here
             check_text_columns(job_dir.output, found.schema_of(kept) if kept else None)
+            self._check_sources(found, target)
         except BaseException:
             if fresh:
                 target.unlink(missing_ok=True)
@@ -338,15 +336,20 @@ class Job:
         default, or those the rows named, when -m was not given)."""
         return {**self.spec.settings(), "models": list(found.per_model)}
 
-    def _budget(self, job_dir: JobDir, found: InputScan) -> Budget:
-        """The --max-cost budget, less what earlier runs of this OUT already spent."""
-        assert self.spec.max_cost is not None
+    def _check_sources(self, found: InputScan, spool_path: Path) -> None:
+        """Before anything is sent or dropped: prices for --max-cost, the --batch-output."""
         unpriced = [m for m in found.per_model if self.prices.get(m) is None]
-        if unpriced:
+        if self.spec.max_cost is not None and unpriced:
             raise UsageError(
                 f"--max-cost needs a price for every model; none for: {', '.join(unpriced)} "
                 "(add them with --prices FILE)"
             )
+        if self.spec.batch_output:
+            self.imported = with_batch_output(self.spec.batch_output, spool_path)
+
+    def _budget(self, job_dir: JobDir, found: InputScan) -> Budget:
+        """The --max-cost budget, less what earlier runs of this OUT already spent."""
+        assert self.spec.max_cost is not None
         return Budget.of(self.spec.max_cost, self.prices, spent_usd=spent_usd(job_dir, self.prices))
 
     async def _send(self, job_dir: JobDir, found: InputScan) -> tuple[Totals, dict]:

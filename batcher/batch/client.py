@@ -85,6 +85,14 @@ class BatchClient:
     ) -> bytes:
         """The body of a 2xx reply; BatchApiError otherwise (transient ones retried).
         `form` builds a multipart body afresh for each attempt."""
+        try:
+            return await self._retried(what, method, path, form, **kw)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # after every retry
+            raise BatchApiError(what, None, f"cannot reach {self.base}: {_problem(exc)}") from None
+
+    async def _retried(
+        self, what: str, method: str, path: str, form: Callable[[], Any] | None, **kw: Any
+    ) -> bytes:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=0.5, max=30),
@@ -163,6 +171,13 @@ class BatchClient:
     async def download(self, file_id: str) -> bytes:
         """A file's content; ContentGone when it is no longer there."""
         return await self._call(f"download {file_id}", "GET", f"/files/{file_id}/content")
+
+
+def _problem(exc: BaseException) -> str:
+    """A connection failure in a few words (aiohttp's own texts can run long)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc).splitlines()[0][:200] or type(exc).__name__
 
 
 def _id(doc: Mapping[str, Any], what: str) -> str:

@@ -5,6 +5,7 @@ used (from the environment or the key file, as the job read it; job.json names o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from batcher.errors import UsageError
 from batcher.io.jobdir import JobDir
 from batcher.providers import MOCK_IDENTITY, Endpoint, read_key, resolve_provider
 from batcher.spec import PATHS, JobSpec
+
+log = logging.getLogger("batcher.batch")
 
 __all__ = ["BatchState", "Recorded", "cancel", "look", "refuse_running_batches"]
 
@@ -178,31 +181,33 @@ async def _cancel_one(client: BatchClient, record: dict[str, Any]) -> BatchState
             batch = await client.retrieve(batch_id)
         except BatchApiError:
             raise exc from None
-        if batch.get("status") not in TERMINAL:
-            raise
-        note = "had ended"
+        status = batch.get("status")
+        note = "had ended" if status in TERMINAL else f"cancel refused while {status}"
     record["status"] = str(batch.get("status"))
     return _state(record, record["status"], batch, note)
 
 
-def refuse_running_batches(job_dir: JobDir, option: str) -> None:
-    """Refuse `option` (which drops the job folder) while a recorded batch may still run:
-    it would go on being billed with no record left to collect it."""
+def refuse_running_batches(job_dir: JobDir, option: str, instead: str) -> None:
+    """Refuse `option` (which would drop the job folder, or send online what the batches
+    hold) while a recorded batch may still run or holds results not collected: it would go
+    on being billed, or be billed twice, with no record left to collect it."""
     try:
         records = job_dir.read_batches()
-    except UsageError:
-        return  # unreadable: the folder goes; the error said to check with the provider
-    running = [
+    except UsageError as exc:  # the folder goes all the same: say what may still run
+        log.warning("%s", exc)
+        return
+    open_ = [
         r
         for r in records
         if r.get("endpoint") != MOCK_IDENTITY
         and (r.get("batch_id") or r.get("file_id"))
-        and r.get("status") not in ENDED
+        and not r.get("collected")
+        and r.get("status") != "lost"
     ]
-    if running:
+    if open_:
         out = job_dir.output
         raise UsageError(
-            f"{option}: {len(running)} batches of {out} may still run at the provider: "
-            f"cancel them first (batcher batch cancel {out}) or rerun without {option} to "
+            f"{option}: {len(open_)} batches of {out} may still run or hold results not "
+            f"collected: cancel them first (batcher batch cancel {out}) or {instead} to "
             "collect them"
         )

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import orjson
+
 from batcher.batch.lines import LineOutcome, custom_id, read_lines
 from batcher.engine.results import error_result, to_result
 from batcher.errors import UsageError, os_problem
@@ -39,12 +41,16 @@ class BatchOutput:
                 data = Path(path).read_bytes()
             except OSError as exc:
                 raise UsageError(f"--batch-output {path}: {os_problem(exc)}") from None
+            found = 0
             for outcome in read_lines(data):
+                found += 1
                 final = outcome.attempt is not None and not (
                     outcome.attempt.error is not None and outcome.attempt.error.retryable
                 )
                 if final or outcome.custom_id not in outcomes:
                     outcomes[outcome.custom_id] = (outcome, str(path))
+            if not found:
+                raise UsageError(f"--batch-output {path}: {_not_output(data)}")
         return cls(outcomes)
 
     def check(self, requests: Iterable[Request]) -> int:
@@ -95,6 +101,17 @@ class BatchOutput:
         return dataclasses.replace(result, latency_s=None, mode="batch")
 
 
+def _not_output(data: bytes) -> str:
+    """Why a file holds no Batch API output line."""
+    try:
+        first = orjson.loads(next(iter(data.splitlines()), b""))
+    except orjson.JSONDecodeError:
+        first = None
+    if isinstance(first, dict) and {"method", "url", "body"} <= first.keys():
+        return "a Batch API input file (requests); give the output or error file it made"
+    return "no Batch API output line (custom_id with a response or an error)"
+
+
 def same_model(asked: str, answered: str) -> bool:
     """Whether a reply's model is the one asked for: the same name or a dated version of it
     ("gpt-4o-mini-2024-07-18", "gpt-4-0613"), a gateway's prefix ("openai/") aside."""
@@ -117,14 +134,14 @@ class FirstOf:
         return None
 
 
-def with_batch_output(paths: Sequence[Path], spool_path: Path, known: object) -> FirstOf:
-    """`known` (the response cache, or None) after the results of Batch API output files,
-    checked against the job's requests (those done by earlier runs too)."""
+def with_batch_output(paths: Sequence[Path], spool_path: Path) -> BatchOutput:
+    """The results of Batch API output files, checked against the job's requests in the
+    spool at `spool_path` (those done by earlier runs too)."""
     output = BatchOutput.read(paths)
     every = (r for batch in spool.batches(spool_path) for r in spool.requests_in(batch))
     matched = output.check(every)
     log.info("--batch-output: %d lines are results of this job's requests", matched)
-    return FirstOf(output, known)
+    return output
 
 
 def is_batch_output(path: Path) -> bool:

@@ -158,19 +158,24 @@ class BatchRun:
         async with BatchClient(self.endpoint) as client:
             self._client = client
             while self._todo and not self.stopping:
-                if live:
-                    for record in live:  # an earlier run's, perhaps cut short mid-submit
-                        if record.get("batch_id") is None:
+                if self._reasks.due:  # the bodies of the re-asks the last batches asked for
+                    self._reasks.make_bodies(self._requests(self._reasks.due))
+                if live:  # an earlier run's: the batches made first, then those it was
+                    # cut short making (a re-ask's body needs the reply before it)
+                    made = [r for r in live if r.get("batch_id") is not None]
+                    if made:
+                        live = [r for r in live if r.get("batch_id") is None]
+                    else:
+                        for record in live:
                             await self._create(record, adopt=True)
-                    live = [r for r in live if r.get("batch_id") is not None]
+                        made, live = [r for r in live if r.get("batch_id") is not None], []
                 elif done_rounds < self.settings.rounds and self.settings.submit:
                     done_rounds += 1
-                    live = await self._submit(done_rounds)
+                    made = await self._submit(done_rounds)
                 else:
                     break
-                async for results in self._wait(live):
+                async for results in self._wait(made):
                     yield results
-                live = []
         if self._todo and not self.stopping:
             async for results in self._leftovers():
                 yield results
@@ -352,6 +357,7 @@ class BatchRun:
             results = [
                 error_result(self._todo.pop(i), ErrorType.BAD_REQUEST.value, message) for i in mine
             ]
+            self._collected(record)
             return [dataclasses.replace(r, mode="batch") for r in results]
         files = [batch.get("output_file_id"), batch.get("error_file_id")]
         counts = batch.get("request_counts") or {}
@@ -394,9 +400,13 @@ class BatchRun:
                 self._last[cid] = f"re-ask {self._reasks.asked[cid]} of an invalid reply"
                 continue
             results.append(self._result(cid, attempt, *checked))
-        if self._reasks.due:
-            self._reasks.make_bodies(self._requests(self._reasks.due))
+        self._collected(record)
         return results
+
+    def _collected(self, record: dict[str, Any]) -> None:
+        """Say in the record that its batch's files were read (--fresh may drop it now)."""
+        record["collected"] = True
+        self._save()
 
     def _result(self, cid: str, attempt: Attempt, parsed=None, problem=None, reasks=None):
         """The row of a request's final outcome, billed for every line of it that ran."""
@@ -434,6 +444,9 @@ class BatchRun:
             for cid, request in self._todo.items():
                 last = self._last.get(cid)
                 why = last if isinstance(last, str) else "in no batch that ran"
+                if isinstance(last, Attempt) and last.error is not None:
+                    status = f"HTTP {last.http_status} " if last.http_status else ""
+                    why = f"its last line failed with {status}{last.error.error_type}"
                 message = f"{why} (batcher batch cancel): rerun the job to send it"
                 results.append(error_result(request, ErrorType.NOT_SENT.value, message))
             self.stop(f"batches cancelled: {len(results):,} requests not sent (rerun to send them)")

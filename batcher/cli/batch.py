@@ -69,17 +69,18 @@ def cancel(out: Path, quiet: bool) -> None:
     they finished (the rest as `not_sent` rows, which a rerun of the job sends)."""
     from batcher.batch.manage import MOCK_NOTE, Recorded
     from batcher.batch.manage import cancel as cancel_batches
+    from batcher.io.jobdir import JobDir
     from batcher.job import Job
     from batcher.spec import make_spec
 
     setup_logging(False, quiet)
     try:
-        found = Recorded.of(out)
-        if found.built_in_mock:
-            click.echo(f"nothing to cancel: {MOCK_NOTE}", err=True)
-            return
         busy = "its job is still running: stop it (Ctrl-C) first, then cancel"
-        with found.job_dir.lock(busy):  # a job still running would submit its next round
+        with JobDir.of(out).lock(busy):  # a job still running would submit its next round
+            found = Recorded.of(out)
+            if found.built_in_mock:
+                click.echo(f"nothing to cancel: {MOCK_NOTE}", err=True)
+                return
             states = asyncio.run(cancel_batches(found))
         lines = render(states)
         click.echo(lines[0], err=True)

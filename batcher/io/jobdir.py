@@ -139,16 +139,21 @@ class JobDir:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A hidden folder that becomes the job folder in one rename, or vanishes."""
+        """A hidden folder that becomes the job folder in one rename (the folder there goes
+        first), or vanishes."""
         staging = self.path.with_name(f".{self.path.name}.importing")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
             yield staging
+            for path in staging.iterdir():
+                fsync_file(path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self.remove()
         os.replace(staging, self.path)
+        fsync_dir(self.path.parent)
 
     # --- job.json --------------------------------------------------------------------------
 
@@ -237,6 +242,11 @@ class JobDir:
     def read_batch_ids(self, number: int) -> list[str]:
         text = (self.path / f"batch-{number:05d}.ids").read_text()
         return text.split("\n") if text else []
+
+    def batch_record(self) -> dict[str, bytes]:
+        """The files that record the batches (`batches.json`, `batch-*.ids`), by name."""
+        names = [BATCHES, *sorted(p.name for p in self.path.glob("batch-*.ids"))]
+        return {n: (self.path / n).read_bytes() for n in names if (self.path / n).is_file()}
 
     def _write_durably(self, name: str, data: bytes) -> None:
         tmp = self.path / f".{name}.tmp"

@@ -223,13 +223,20 @@ def earlier_results(job_dir: JobDir) -> tuple[DoneIndex, bool]:
 
     The job folder, unless OUT was written after its last part (a finished job whose folder
     was kept, or whose removal was cut short): then OUT, the complete record, is imported
-    into a new job folder instead, as it is when there is no folder."""
+    into a new job folder instead, as it is when there is no folder. The record of the
+    batches a Batch API job submitted goes with it into the new folder: they may still run,
+    or hold results not collected yet."""
+    batches: dict[str, bytes] = {}
     if job_dir.exists() and _finished_after(job_dir):
-        job_dir.remove()
+        batches = job_dir.batch_record()
+        if not batches:
+            job_dir.remove()
     imported = False
-    if not job_dir.exists() and output_exists(job_dir.output):
+    if (batches or not job_dir.exists()) and output_exists(job_dir.output):
         with job_dir.staging() as staging:  # all of OUT, or nothing: a kill here loses nothing
             imported = import_output(job_dir.output, staging) > 0
+            for name, data in batches.items():
+                (staging / name).write_bytes(data)
     if not job_dir.exists():
         return DoneIndex.empty(), False
     source = job_dir.output if imported else job_dir.path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -30,12 +31,13 @@ class Clock:
 
     def __init__(self, server) -> None:
         self.server, self.now, self.speed, self.since = server, T0, 0.0, 0.0
+        self.jump = True  # a batch cancelling has stopped: the clock moves on 100 s
         server.server._state.clock = self
 
     def __call__(self) -> float:
         cancelling = any(b.status == "cancelling" for b in self.server.batches.batches.values())
         running = self.speed * (time.time() - self.since) if self.speed else 0.0
-        return self.now + running + (100.0 if cancelling else 0.0)
+        return self.now + running + (100.0 if cancelling and self.jump else 0.0)
 
     def run(self, speed: float) -> None:
         self.now, self.speed, self.since = self(), speed, time.time()
@@ -132,8 +134,9 @@ def test_fresh_is_refused_while_a_batch_may_still_run(run_job, submitted):
     ran = run_job(ROWS, out, "--mode", "batch", "--fresh", server=server)
     assert ran.exit_code == 2
     assert ran.stderr == (
-        f"Error: --fresh: 1 batches of {out} may still run at the provider: cancel them first "
-        f"(batcher batch cancel {out}) or rerun without --fresh to collect them\n"
+        f"Error: --fresh: 1 batches of {out} may still run or hold results not collected: "
+        f"cancel them first (batcher batch cancel {out}) or rerun without --fresh to collect "
+        "them\n"
     )
     assert len(server.batches.batches) == 1 and records(out)[0]["batch_id"]
 
@@ -156,6 +159,19 @@ def test_the_built_in_mocks_batches_are_said_to_have_ended(cli, tmp_path):
     assert (cancelled.exit_code, cancelled.stderr) == (0, f"nothing to cancel: {note}\n")
     fresh = cli("run", data, "-o", out, "--mode", "batch", "--fresh")
     assert fresh.exit_code == 0, fresh.stderr  # nothing of it can still run
+
+
+def test_a_batch_already_cancelling_is_noted_and_the_rest_collected(cli, submitted):
+    server, clock, out = submitted
+    batch = next(iter(server.batches.batches.values()))
+    clock.jump = False  # cancelling holds until the timer lets it end
+    server.batches.cancel(batch)  # as a first `batch cancel` cut short left it
+    threading.Timer(0.5, lambda: setattr(clock, "jump", True)).start()
+    again = cli("batch", "cancel", out)
+    assert again.exit_code == 1, again.stderr
+    row = again.stderr.splitlines()[1].split()
+    assert row[2:] == ["cancelling", "1", "3", "0", "6", "cancel", "refused", "while", "cancelling"]
+    assert pq.read_table(out)["status"].to_pylist().count("ok") == 3
 
 
 def test_cancel_waits_for_no_running_job(cli, submitted):

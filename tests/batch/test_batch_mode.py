@@ -150,6 +150,27 @@ def test_completed_without_an_output_file_stops_and_a_rerun_sends_nothing(
     assert len(server.batches.batches) == 1 and len(server.log) == 6
 
 
+def test_a_batch_left_to_fetch_stays_on_record_when_out_was_written(run_job, make_api, tmp_path):
+    """One batch ends fine, the other "completed" with no file: OUT is written with the
+    first's rows, and a rerun (OUT newer than the parts) keeps the record: nothing resent."""
+    server = make_api(batch_step=0.05, batch_faults=("none", "no_output"))
+    out = tmp_path / "out.parquet"
+    for _ in range(2):
+        ran = batch_run(run_job, server, ROWS, out, "--batch-max-requests", "3")
+        assert ran.exit_code == 1
+        assert "completed without an output file: rerun later to fetch it" in ran.stderr
+        assert pq.read_table(out)["status"].to_pylist().count("ok") == 3
+    assert len(server.batches.batches) == 2 and len(server.log) == 6
+    online = run_job(ROWS, out, server=server, model="gpt-4o-mini")
+    assert online.exit_code == 2
+    assert online.stderr == (
+        f"Error: --mode online: 1 batches of {out} may still run or hold results not "
+        f"collected: cancel them first (batcher batch cancel {out}) or rerun with --mode "
+        "batch to collect them\n"
+    )
+    assert len(server.log) == 6  # nothing sent online
+
+
 def test_what_the_rounds_leave_goes_online_with_fallback(run_job, make_api, tmp_path):
     server = make_api(batch_step=0.2, batch_faults=("expire:0", "expire:0"))
     out = tmp_path / "out.parquet"
@@ -271,3 +292,28 @@ def test_an_invalid_structured_reply_is_re_asked_in_the_next_round(run_job, make
     assert "is a required property" in again["messages"][-1]["content"]
     tokens = sum(max(1, sum(len(m["content"]) for m in b["messages"]) // 4) for b in (asked, again))
     assert got["fixed"]["prompt_tokens"] == tokens  # both lines billed to the row
+
+
+def test_a_re_ask_round_cut_short_mid_upload_is_made_again_with_the_re_ask(
+    run_job, make_api, tmp_path
+):
+    server = make_api(batch_step=0.05)
+    schema = tmp_path / "label.json"
+    schema.write_text(json.dumps(LABEL))
+    rows = [{"id": "fixed", "prompt": "a review [[mock:badschemax1]]"}]
+    out = tmp_path / "out.parquet"
+    args = ("--schema", schema, "--no-wait")
+    assert batch_run(run_job, server, rows, out, *args).exit_code == 0  # round 1 submitted
+    time.sleep(0.3)
+    assert batch_run(run_job, server, rows, out, *args).exit_code == 0  # round 2: the re-ask
+    assert len(server.batches.batches) == 2
+    kept = records(out)  # as if killed before round 2's upload was recorded
+    kept[1]["file_id"] = kept[1]["batch_id"] = None
+    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    ran = batch_run(run_job, server, rows, out, "--schema", schema)
+    assert ran.exit_code == 0, ran.stderr
+    third = list(server.batches.batches.values())[2]
+    body = json.loads(third.lines[0][1])
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    row = pq.read_table(out).to_pylist()[0]
+    assert (row["status"], row["reasks"]) == ("ok", 1)

@@ -151,6 +151,26 @@ def test_a_file_made_for_other_options_is_refused_before_anything_is_sent(run_jo
         "Error: --batch-output: no line's custom_id is one of this job's requests (custom_ids "
         "are row-model-combination-sample, as `batcher export-batch` writes them)\n"
     )
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"custom_id": "0-0-0-0", "method": "POST", "url": "/v1/x", "body": {}}\n')
+    ran = run_job(data, out, "--batch-output", requests)
+    assert (ran.exit_code, ran.stderr) == (
+        2,
+        f"Error: --batch-output {requests}: a Batch API input file (requests); give the output "
+        "or error file it made\n",
+    )
     missing = run_job(data, out, "--batch-output", tmp_path / "nope.jsonl")
     assert missing.exit_code == 2 and "--batch-output" in missing.stderr
     assert len(api.log) == 0 and not out.exists()
+
+
+def test_a_refused_fresh_run_keeps_the_earlier_results(run_job, api, tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    out = tmp_path / "out.parquet"
+    assert run_job(data, out).exit_code == 0
+    other = write_jsonl(tmp_path / "other.jsonl", [reply_line("7-0-0-0", "mock-1")])
+    refused = run_job(data, out, "--fresh", "--batch-output", other)
+    assert refused.exit_code == 2 and "no line's custom_id" in refused.stderr
+    again = run_job(data, out)
+    assert again.exit_code == 0, again.stderr
+    assert len(api.log) == 2  # the first run's two: nothing sent again
