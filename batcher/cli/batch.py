@@ -75,6 +75,7 @@ def cancel(out: Path, quiet: bool) -> None:
 
     setup_logging(False, quiet)
     try:
+        Recorded.of(out)  # no batches on record: said before anything is made
         busy = "its job is still running: stop it (Ctrl-C) first, then cancel"
         with JobDir.of(out).lock(busy):  # a job still running would submit its next round
             found = Recorded.of(out)

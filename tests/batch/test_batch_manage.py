@@ -182,7 +182,8 @@ def test_cancel_waits_for_no_running_job(cli, submitted):
         2,
         f"Error: {out}: its job is still running: stop it (Ctrl-C) first, then cancel\n",
     )
-    assert next(iter(server.batches.batches.values())).status == "validating"
+    assert records(out)[0]["status"] == "validating"  # nothing was cancelled
+    assert not server.batches.batches[records(out)[0]["batch_id"]].times.get("cancelling")
 
 
 def test_a_job_folder_without_batches_is_a_clear_error(cli, run_job, tmp_path):
