@@ -144,16 +144,21 @@ class BatchRun:
         first = self._read_todo()
         if first:
             yield first
+        self._records = self.job_dir.read_batches()
+        live = [r for r in self._records if any(i in self._todo for i in self._ids(r))]
+        ended = [r for r in self._records if r not in live and r.get("status") in TERMINAL]
+        if any(not r.get("collected") for r in ended):  # every row done: nothing to collect
+            for record in ended:
+                record["collected"] = True
+            self._save()
         if not self._todo:
             return
-        self._records = self.job_dir.read_batches()
         elsewhere = {r.get("endpoint") for r in self._records} - {self.identity}
         if elsewhere:
             raise UsageError(
                 f"the batches of {self.job_dir.output} went to {sorted(map(str, elsewhere))[0]}: "
                 "rerun with that endpoint to collect them (or --fresh to start over)"
             )
-        live = [r for r in self._records if any(i in self._todo for i in self._ids(r))]
         done_rounds = max((r["round"] for r in self._records), default=0)
         async with BatchClient(self.endpoint) as client:
             self._client = client

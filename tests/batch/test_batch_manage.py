@@ -219,3 +219,20 @@ def test_ctrl_c_while_waiting_says_where_the_batches_are_and_a_rerun_collects(
     assert again.exit_code == 0, again.stderr
     assert pq.read_table(out)["status"].to_pylist() == ["ok"] * 6
     assert len(server.batches.batches) == 1 and len(server.log) == 6
+
+
+def test_an_ended_batch_whose_rows_are_all_done_holds_nothing_back(run_job, make_api, tmp_path):
+    server = make_api(batch_step=0.05)
+    out = tmp_path / "out.parquet"
+    args = ("--mode", "batch", "--keep-job-dir")
+    assert run_job(ROWS, out, *args, server=server).exit_code == 0
+    kept = records(out)
+    assert kept[0]["collected"] is True
+    del kept[0]["collected"]  # as a record of an earlier version, or rows done elsewhere
+    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    assert run_job(ROWS, out, "--fresh", server=server).exit_code == 2
+    assert run_job(ROWS, out, *args, server=server).exit_code == 0  # nothing to send
+    assert records(out)[0]["collected"] is True
+    fresh = run_job(ROWS, out, "--fresh", server=server)
+    assert fresh.exit_code == 0, fresh.stderr
+    assert len(server.batches.batches) == 1
