@@ -74,6 +74,16 @@ def run_job(cli, api):
     return run
 
 
+def records(out: Path) -> list[dict]:
+    """The batches a `--mode batch` job writing `out` has on record (batches.json)."""
+    return json.loads((out.parent / (out.name + ".batcher") / "batches.json").read_text())
+
+
+def rewrite_records(out: Path, kept: list[dict]) -> None:
+    """Put `kept` on record instead, as a run cut short (or an older version) left it."""
+    (out.parent / (out.name + ".batcher") / "batches.json").write_text(json.dumps(kept))
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

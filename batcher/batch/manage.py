@@ -128,10 +128,7 @@ async def look(found: Recorded) -> list[BatchState]:
     states = []
     async with BatchClient(found.endpoint()) as client:
         for record in found.records:
-            batch_id = record.get("batch_id")
-            if batch_id is None and record.get("file_id"):
-                batch = await client.find(record["file_id"])
-                batch_id = batch["id"] if batch else None
+            batch_id = await _batch_id(client, record)
             if batch_id is None:
                 states.append(_state(record, "not submitted"))
                 continue
@@ -154,16 +151,22 @@ async def cancel(found: Recorded) -> list[BatchState]:
     states = []
     async with BatchClient(found.endpoint()) as client:
         for record in found.records:
-            if record.get("batch_id") is None and record.get("file_id"):
-                batch = await client.find(record["file_id"])
-                if batch is not None:
-                    record["batch_id"] = batch["id"]
-            if record.get("batch_id") is None:
+            record["batch_id"] = await _batch_id(client, record)
+            if record["batch_id"] is None:
                 states.append(_state(record, "not submitted"))
                 continue
             states.append(await _cancel_one(client, record))
             found.job_dir.write_batches(found.records)
     return states
+
+
+async def _batch_id(client: BatchClient, record: dict[str, Any]) -> str | None:
+    """The record's batch id, or that of the batch made over its file (a run cut short
+    after the upload), or None."""
+    if record.get("batch_id") is None and record.get("file_id"):
+        batch = await client.find(record["file_id"])
+        return batch["id"] if batch else None
+    return record.get("batch_id")
 
 
 async def _cancel_one(client: BatchClient, record: dict[str, Any]) -> BatchState:

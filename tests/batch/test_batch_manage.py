@@ -7,11 +7,10 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import Job, wait_for, write_jsonl
+from conftest import Job, records, rewrite_records, wait_for, write_jsonl
 
 from batcher.io.jobdir import JobDir
 
@@ -19,10 +18,6 @@ ROWS = [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(6)]
 T0 = 1_800_000_000.0
 NOTE = ["cancel", "requested"]
 HEAD = "batch                           model   status       round  completed  failed  requests"
-
-
-def records(out: Path) -> list[dict]:
-    return json.loads((out.parent / (out.name + ".batcher") / "batches.json").read_text())
 
 
 class Clock:
@@ -229,7 +224,7 @@ def test_an_ended_batch_whose_rows_are_all_done_holds_nothing_back(run_job, make
     kept = records(out)
     assert kept[0]["collected"] is True
     del kept[0]["collected"]  # as a record of an earlier version, or rows done elsewhere
-    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    rewrite_records(out, kept)
     assert run_job(ROWS, out, "--fresh", server=server).exit_code == 2
     assert run_job(ROWS, out, *args, server=server).exit_code == 0  # nothing to send
     assert records(out)[0]["collected"] is True

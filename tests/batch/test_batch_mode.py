@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import Job, prompts, wait_for, write_jsonl
+from conftest import Job, prompts, records, rewrite_records, wait_for, write_jsonl
 
 ROWS = [{"id": f"r{i}", "prompt": f"question number {i}"} for i in range(6)]
 TIMINGS = {"latency_s", "created", "mode"}
@@ -19,10 +19,6 @@ TIMINGS = {"latency_s", "created", "mode"}
 
 def batch_run(run_job, server, rows, out: Path, *args: str, model: str = "gpt-4o-mini"):
     return run_job(rows, out, "--mode", "batch", *args, server=server, model=model)
-
-
-def records(out: Path) -> list[dict]:
-    return json.loads((out.parent / (out.name + ".batcher") / "batches.json").read_text())
 
 
 def test_batch_gives_the_online_rows_at_half_the_price(run_job, make_api, tmp_path):
@@ -117,7 +113,7 @@ def test_a_batch_uploaded_but_not_recorded_is_found_not_made_again(run_job, make
     # as if killed after the batch was created, before its id was recorded
     kept = records(out)
     kept[0]["batch_id"] = None
-    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    rewrite_records(out, kept)
     ran = batch_run(run_job, server, ROWS, out)
     assert ran.exit_code == 0, ran.stderr
     assert len(server.batches.batches) == 1 and len(server.log) == 6
@@ -309,7 +305,7 @@ def test_a_re_ask_round_cut_short_mid_upload_is_made_again_with_the_re_ask(
     assert len(server.batches.batches) == 2
     kept = records(out)  # as if killed before round 2's upload was recorded
     kept[1]["file_id"] = kept[1]["batch_id"] = None
-    (tmp_path / "out.parquet.batcher" / "batches.json").write_text(json.dumps(kept))
+    rewrite_records(out, kept)
     ran = batch_run(run_job, server, rows, out, "--schema", schema)
     assert ran.exit_code == 0, ran.stderr
     third = list(server.batches.batches.values())[2]
